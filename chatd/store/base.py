@@ -45,7 +45,7 @@ class Store(ABC):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook; most backends need it
         """Connect and migrate. Raise :class:`chatd.errors.ConfigError` if unreachable."""
 
     @abstractmethod
@@ -165,9 +165,7 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def set_marker(
-        self, conv: str, user: str, kind: MarkerKind, seq: int
-    ) -> Member | None:
+    async def set_marker(self, conv: str, user: str, kind: MarkerKind, seq: int) -> Member | None:
         """Raise a member's marker to ``seq``; ``read`` raises ``delivered`` too.
 
         Returns the member after the change, or ``None`` if nothing moved. ``NotFound`` if not
@@ -222,5 +220,3 @@ class Store(ABC):
     @abstractmethod
     async def delete_push_subscription_by_id(self, sub_id: str) -> None:
         """Used when a push endpoint answers 404/410."""
-
-

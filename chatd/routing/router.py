@@ -1,0 +1,200 @@
+"""Fan-out: hand one serialized event to every connection of a set of users.
+
+Local connections are written directly (synchronously: no await per recipient). Users held by
+other servers are looked up in the registry and reached with one bus publish per remote server,
+from a single pump task so that events of one conversation leave in the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+import orjson
+
+from chatd.errors import ChatError
+from chatd.routing.base import Bus
+
+log = logging.getLogger(__name__)
+
+MAX_OUTBOX = 100_000  # remote deliveries waiting for the pump; beyond it they are dropped
+
+
+class LocalConnection(Protocol):
+    user: str
+    token_hash: str
+
+    def send_payload(self, payload: bytes) -> None:
+        """Queue one serialized event for the socket; never blocks."""
+
+    def send_wire(self, wire: bytes) -> None:
+        """Queue an already framed WebSocket message; never blocks."""
+
+    def revoke(self) -> None:
+        """Close the socket because its session ended (4401)."""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """Frame ``payload`` as one unmasked WebSocket text frame (RFC 6455 section 5.2), so that
+    a fan-out frames an event once and writes the same bytes to every socket."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
+
+
+class Router:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._by_user: dict[str, set[LocalConnection]] = {}
+        self._outbox: deque[tuple[bytes, tuple[str, ...], bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self.publishes = 0
+        self.dropped = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.start(self._on_envelope, self._on_servers_died)
+        if not self.bus.local_only:
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def close(self) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+            self._pump_task = None
+        await self.bus.close()
+
+    on_servers_died: object = None  # set by the app: async callable(users)
+
+    async def _on_servers_died(self, users: list[str]) -> None:
+        handler = self.on_servers_died
+        if callable(handler):
+            await handler(users)
+
+    # -- local connections -------------------------------------------------------------------
+
+    def add(self, conn: LocalConnection) -> int:
+        """Register a connection; return how many this user now has here."""
+        conns = self._by_user.setdefault(conn.user, set())
+        conns.add(conn)
+        return len(conns)
+
+    def remove(self, conn: LocalConnection) -> int:
+        conns = self._by_user.get(conn.user)
+        if conns is None:
+            return 0
+        conns.discard(conn)
+        if not conns:
+            del self._by_user[conn.user]
+            return 0
+        return len(conns)
+
+    def connections(self, user: str) -> Collection[LocalConnection]:
+        return self._by_user.get(user, ())
+
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self._by_user.values())
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def deliver(self, users: Iterable[str], payload: bytes, exclude: object = None) -> None:
+        """Write ``payload`` to every connection of ``users`` but ``exclude``; never awaits."""
+        wire: bytes | None = None
+        by_user = self._by_user
+        for user in users:
+            conns = by_user.get(user)
+            if conns:
+                if wire is None:
+                    wire = text_frame(payload)
+                for conn in conns:
+                    if conn is not exclude:
+                        conn.send_wire(wire)
+        if not self.bus.local_only:
+            self._enqueue(b"d", tuple(users), payload)
+
+    def revoke(self, user: str, token_hash: str | None) -> None:
+        """Close one session's sockets (or all of a user's) here and on every other server."""
+        self._revoke_local(user, token_hash)
+        if not self.bus.local_only:
+            self._enqueue(b"r", (user,), (token_hash or "").encode())
+
+    def _revoke_local(self, user: str, token_hash: str | None) -> None:
+        for conn in list(self._by_user.get(user, ())):
+            if token_hash is None or conn.token_hash == token_hash:
+                conn.revoke()
+
+    # -- remote ------------------------------------------------------------------------------
+
+    def _enqueue(self, kind: bytes, users: tuple[str, ...], payload: bytes) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self.dropped += 1
+            return
+        self._outbox.append((kind, users, payload))
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 256))]
+                try:
+                    await self._publish_batch(batch)
+                except ChatError as exc:
+                    # The store is the truth: clients repair what the bus missed via history.
+                    self.dropped += len(batch)
+                    log.warning(
+                        "bus unavailable, %d remote deliveries dropped: %s", len(batch), exc
+                    )
+                except Exception:
+                    self.dropped += len(batch)
+                    log.exception("remote delivery failed")
+
+    async def _publish_batch(self, batch: list[tuple[bytes, tuple[str, ...], bytes]]) -> None:
+        everyone = {user for _, users, _ in batch for user in users}
+        servers = await self.bus.locate(everyone)
+        if not servers:
+            return
+        server_of: dict[str, list[str]] = {}
+        for server, held in servers.items():
+            for user in held:
+                server_of.setdefault(user, []).append(server)
+        for kind, users, payload in batch:
+            per_server: dict[str, list[str]] = {}
+            for user in users:
+                for server in server_of.get(user, ()):
+                    per_server.setdefault(server, []).append(user)
+            for server, targets in per_server.items():
+                header = orjson.dumps(targets)
+                await self.bus.publish(server, kind + header + b"\n" + payload)
+                self.publishes += 1
+
+    def _on_envelope(self, data: bytes) -> None:
+        kind = data[:1]
+        newline = data.find(b"\n")
+        if newline < 0:
+            log.warning("malformed bus envelope dropped")
+            return
+        try:
+            users = orjson.loads(data[1:newline])
+        except orjson.JSONDecodeError:
+            log.warning("malformed bus envelope dropped")
+            return
+        payload = data[newline + 1 :]
+        if kind == b"d":
+            wire = text_frame(payload)
+            for user in users:
+                for conn in self._by_user.get(user, ()):
+                    conn.send_wire(wire)
+        elif kind == b"r":
+            token_hash = payload.decode() or None
+            for user in users:
+                self._revoke_local(user, token_hash)

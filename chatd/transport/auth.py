@@ -1,0 +1,32 @@
+"""Bearer-token authentication for HTTP handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatd.errors import Unauthorized
+from chatd.models import Session
+from chatd.transport.keys import ACCOUNTS
+
+SESSION_KEY = "chatd.session"
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(request: web.Request) -> Session:
+    """The caller's live session; ``Unauthorized`` (401) otherwise. Cached per request."""
+    cached = request.get(SESSION_KEY)
+    if isinstance(cached, Session):
+        return cached
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    session = await request.app[ACCOUNTS].authenticate(token)
+    request[SESSION_KEY] = session
+    return session

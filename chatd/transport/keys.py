@@ -1,0 +1,33 @@
+"""Typed application state: every shared object of the aiohttp app lives under one key here."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from chatd.config import Settings
+    from chatd.metrics import Metrics
+    from chatd.presence import PresenceTracker
+    from chatd.routing.base import Bus
+    from chatd.routing.router import Router
+    from chatd.service.accounts import AccountService
+    from chatd.service.chat import ChatService
+    from chatd.store.base import Store
+    from chatd.transport.ws import Connection
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+STORE: web.AppKey[Store] = web.AppKey("store")
+BUS: web.AppKey[Bus] = web.AppKey("bus")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+PRESENCE: web.AppKey[PresenceTracker] = web.AppKey("presence")
+ACCOUNTS: web.AppKey[AccountService] = web.AppKey("accounts")
+CHAT: web.AppKey[ChatService] = web.AppKey("chat")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SERVER_ID: web.AppKey[str] = web.AppKey("server_id")
+CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("connections")
+# Optional parts (media, push) register their own services under keys in their modules;
+# READY_CHECKS lets each add a named readiness probe for /readyz.
+READY_CHECKS: web.AppKey[dict[str, Any]] = web.AppKey("ready_checks")

@@ -1,0 +1,358 @@
+"""The WebSocket endpoint: authenticate, then a short loop around :mod:`frames` and the service.
+
+Outgoing frames are written straight into the socket's transport, synchronously, so that a
+fan-out never awaits per recipient; the transport's write buffer is the connection's bounded
+send queue, and a socket whose buffer passes ``send_buffer_bytes`` is closed with 1013 (its
+client catches up from history when it reconnects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from chatd import ids
+from chatd.config import Settings
+from chatd.errors import ChatError
+from chatd.models import Session
+from chatd.routing.router import text_frame
+from chatd.service.limits import TokenBucket
+from chatd.transport import frames
+from chatd.transport.auth import bearer_token
+from chatd.transport.keys import (
+    ACCOUNTS,
+    CONNECTIONS,
+    METRICS,
+    PRESENCE,
+    ROUTER,
+    SERVER_ID,
+    SETTINGS,
+)
+from chatd.transport.requests import HANDLERS
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_TOO_MANY = 4429
+MAX_IN_FLIGHT = 64  # requests of one socket handled at once; past it the reader waits
+
+
+class Connection:
+    """One authenticated socket. ``send_*`` never block and never raise."""
+
+    __slots__ = (
+        "__weakref__",
+        "closing",
+        "id",
+        "in_flight",
+        "request",
+        "session",
+        "settings",
+        "tasks",
+        "token_hash",
+        "transport",
+        "typing_bucket",
+        "user",
+        "ws",
+    )
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, settings: Settings, session: Session
+    ) -> None:
+        self.ws = ws
+        self.request = request
+        self.settings = settings
+        self.session = session
+        self.user = session.user
+        self.token_hash = session.token_hash
+        self.id = ids.new_token()[:16]
+        self.transport = request.transport
+        self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.typing_bucket = TokenBucket(
+            settings.typing_per_second, max(1.0, settings.typing_per_second * 2), 2.0, 0
+        )
+
+    def send_payload(self, payload: bytes) -> None:
+        self.send_wire(text_frame(payload))
+
+    def send_wire(self, wire: bytes) -> None:
+        transport = self.transport
+        if self.closing or transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.settings.send_buffer_bytes:
+            self.overflow()
+            return
+        transport.write(wire)
+
+    def overflow(self) -> None:
+        """The client stopped reading: close with 1013 after what it already has."""
+        if self.closing:
+            return
+        self.closing = True
+        log.info("closing slow consumer %s of %s (1013)", self.id, self.user)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            code = CLOSE_TRY_AGAIN_LATER.to_bytes(2, "big") + b"slow consumer"
+            transport.write(bytes((0x88, len(code))) + code)
+            transport.close()  # flushes what is buffered, then closes
+            loop = asyncio.get_running_loop()
+            loop.call_later(30, transport.abort)
+
+    def revoke(self) -> None:
+        self.close_soon(CLOSE_UNAUTHORIZED, "session ended")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        task = asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason.encode())
+        )
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+
+def _origin_allowed(request: web.Request, settings: Settings) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: nothing to hijack
+    if settings.allowed_origins:
+        return origin in settings.origins
+    # Default: the server's own origin, as the browser saw it (the Host it connected to).
+    return origin in settings.origins or origin == f"{request.scheme}://{request.host}"
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    if not _origin_allowed(request, settings):
+        raise web.HTTPForbidden(
+            text='{"error": {"code": "forbidden", "message": "origin not allowed"}}',
+            content_type="application/json",
+        )
+    header_token = bearer_token(request)
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat,
+        max_msg_size=settings.max_frame_bytes,
+        compress=False,
+        autoping=True,
+        receive_timeout=None,
+    )
+    await ws.prepare(request)
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    metrics = app[METRICS]
+    metrics.ws_opened += 1
+    try:
+        session = await _hello(request, ws, settings, header_token)
+        if session is None:
+            return ws
+        await _serve(request, ws, settings, session)
+    finally:
+        metrics.ws_closed += 1
+    return ws
+
+
+async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()), 5)
+    except (TimeoutError, ConnectionError):
+        pass
+
+
+async def _hello(
+    request: web.Request, ws: web.WebSocketResponse, settings: Settings, header_token: str | None
+) -> Session | None:
+    app = request.app
+    while True:
+        try:
+            msg = await ws.receive(timeout=settings.hello_timeout)
+        except TimeoutError:
+            await _close(ws, CLOSE_HELLO_TIMEOUT, "no hello in time")
+            return None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        if msg.type != WSMsgType.TEXT:
+            await ws.send_str(frames.error(None, "bad_request", "frames must be text").decode())
+            continue
+        try:
+            request_frame = frames.parse(msg.data, max_body_chars=settings.max_body_chars)
+        except frames.ProtocolError as exc:
+            await ws.send_str(
+                frames.error(
+                    exc.request_id, "unauthorized", "the first request must be hello"
+                ).decode()
+            )
+            await _close(ws, CLOSE_UNAUTHORIZED, "hello first")
+            return None
+        if not isinstance(request_frame, frames.Hello):
+            await ws.send_str(
+                frames.error(
+                    request_frame.id, "unauthorized", "the first request must be hello"
+                ).decode()
+            )
+            await _close(ws, CLOSE_UNAUTHORIZED, "hello first")
+            return None
+        token = request_frame.token or header_token
+        try:
+            session = await app[ACCOUNTS].authenticate(token)
+        except ChatError as exc:
+            code = exc.code if exc.code == "unavailable" else "unauthorized"
+            await ws.send_str(frames.error(request_frame.id, code, exc.message).decode())
+            await _close(ws, CLOSE_UNAUTHORIZED, "unauthorized")
+            return None
+        router = app[ROUTER]
+        if len(router.connections(session.user)) >= settings.max_connections_per_user:
+            await ws.send_str(
+                frames.error(
+                    request_frame.id, "rate_limited", "too many connections for this user"
+                ).decode()
+            )
+            await _close(ws, CLOSE_TOO_MANY, "too many connections")
+            return None
+        if request_frame.device and request_frame.device != session.device:
+            session = Session(
+                session.token_hash,
+                session.user,
+                request_frame.device,
+                session.created_at,
+                session.expires_at,
+            )
+        request["chatd.hello_id"] = request_frame.id
+        return session
+
+
+async def _serve(
+    request: web.Request, ws: web.WebSocketResponse, settings: Settings, session: Session
+) -> None:
+    app = request.app
+    router = app[ROUTER]
+    presence = app[PRESENCE]
+    conn = Connection(ws, request, settings, session)
+    router.add(conn)
+    app[CONNECTIONS].add(conn)
+    conn.send_payload(
+        frames.ok(
+            request.get("chatd.hello_id"),
+            {
+                "user": session.user,
+                "connection": conn.id,
+                "server": app[SERVER_ID],
+                "heartbeat": settings.heartbeat,
+            },
+        )
+    )
+    await presence.connected(session.user)
+    recheck = asyncio.get_running_loop().create_task(_recheck_session(app, conn))
+    dispatch = _Dispatcher(app, conn)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await dispatch.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                conn.send_payload(frames.error(None, "bad_request", "frames must be text JSON"))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        router.remove(conn)
+        presence.disconnected(session.user)
+        recheck.cancel()
+        await dispatch.drain()
+        await asyncio.gather(recheck, return_exceptions=True)
+
+
+async def _recheck_session(app: web.Application, conn: Connection) -> None:
+    """Long-lived sockets re-check their session, so an expiry or a revocation that the bus
+    missed still ends them."""
+    interval = app[SETTINGS].session_recheck_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            valid = await app[ACCOUNTS].still_valid(conn.token_hash)
+        except ChatError:
+            continue
+        if not valid:
+            conn.revoke()
+            return
+
+
+Handler = Callable[[web.Application, Connection, Any], Awaitable[dict[str, Any] | None]]
+
+
+class _Dispatcher:
+    """Runs each request as its own task (bounded per socket) so that a sender with many
+    messages in flight has them all in one group commit, while replies stay per-id."""
+
+    def __init__(self, app: web.Application, conn: Connection) -> None:
+        self.app = app
+        self.conn = conn
+        self.settings = app[SETTINGS]
+        self.metrics = app[METRICS]
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, data: str) -> None:
+        conn = self.conn
+        try:
+            req = frames.parse(data, max_body_chars=self.settings.max_body_chars)
+        except frames.ProtocolError as exc:
+            self.metrics.count_error(exc.code)
+            conn.send_payload(frames.error(exc.request_id, exc.code, exc.message))
+            return
+        handler = HANDLERS.get(type(req))
+        if handler is None:
+            conn.send_payload(frames.error(req.id, "bad_request", "not allowed after hello"))
+            return
+        await conn.in_flight.acquire()
+        task = asyncio.get_running_loop().create_task(self._run(handler, req))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, handler: Handler, req: Any) -> None:
+        conn = self.conn
+        started = time.perf_counter()
+        try:
+            result = await handler(self.app, conn, req)
+        except ChatError as exc:
+            self.metrics.count_error(exc.code)
+            extra = exc.extra or None
+            conn.send_payload(frames.error(req.id, exc.code, exc.message, extra))
+        except frames.ProtocolError as exc:
+            self.metrics.count_error(exc.code)
+            conn.send_payload(frames.error(req.id, exc.code, exc.message))
+        except Exception:
+            log.exception("request %s failed", type(req).__name__)
+            self.metrics.count_error("internal")
+            conn.send_payload(frames.error(req.id, "internal", "internal error"))
+        else:
+            if req.id is not None:
+                conn.send_payload(frames.ok(req.id, result))
+        finally:
+            conn.in_flight.release()
+            self.metrics.observe_request(type(req).wire_type, time.perf_counter() - started)
+
+    async def drain(self) -> None:
+        """Let requests already read finish (a send that reached the store completes and is
+        delivered to the others), bounded; then cancel what is left."""
+        if not self.tasks:
+            return
+        _done, pending = await asyncio.wait(self.tasks, timeout=10)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+__all__ = ["Connection", "websocket_handler"]
