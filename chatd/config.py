@@ -207,3 +207,29 @@ _HELP: dict[str, str] = {
     "metrics_port": "port for metrics_host",
     "uvloop": "use uvloop when installed",
 }
+
+
+def example_toml() -> str:
+    """The text of ``config/chatd.example.toml``; a test keeps the file equal to it."""
+    lines = [
+        "# chatd example configuration. Every setting is optional; the values shown are the",
+        "# defaults. Precedence: command-line flags, then CHATD_* environment variables, then",
+        "# this file. Use it with `chatd serve --config chatd.toml` (or CHATD_CONFIG=chatd.toml).",
+        "",
+    ]
+    for f in fields(Settings):
+        value = getattr(_DEFAULTS, f.name)
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, int | float):
+            shown = repr(value)
+        elif isinstance(value, tuple):
+            shown = "[]"
+        else:
+            shown = f'"{value}"'
+        flag = f.name.replace("_", "-")
+        lines.append(f"# {_HELP[f.name]}")
+        lines.append(f"# (flag --{flag}, environment CHATD_{f.name.upper()})")
+        lines.append(f"# {f.name} = {shown}")
+        lines.append("")
+    return "\n".join(lines)
