@@ -30,7 +30,8 @@ class PresenceTracker:
         self.announce = announce
         self.grace = grace_seconds
         self._local: dict[str, int] = {}
-        self._pending_offline: dict[str, asyncio.Task[None]] = {}
+        # user -> (grace timer, when their last socket closed)
+        self._pending_offline: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def count(self, user: str) -> int:
@@ -43,7 +44,7 @@ class PresenceTracker:
             return
         pending = self._pending_offline.pop(user, None)
         if pending is not None:
-            pending.cancel()  # a reconnect inside the grace: still attached, nothing to say
+            pending[0].cancel()  # a reconnect inside the grace: still attached, nothing to say
             return
         try:
             came_online = await self.bus.attach(user)
@@ -61,16 +62,20 @@ class PresenceTracker:
         self._local.pop(user, None)
         last_seen = self.clock()
         task = asyncio.get_running_loop().create_task(self._go_offline(user, last_seen))
-        self._pending_offline[user] = task
+        self._pending_offline[user] = (task, last_seen)
         self._tasks.add(task)
         task.add_done_callback(self._reap)
 
     async def _go_offline(self, user: str, last_seen: int) -> None:
         await asyncio.sleep(self.grace)
-        if self._pending_offline.get(user) is asyncio.current_task():
+        pending = self._pending_offline.get(user)
+        if pending is not None and pending[0] is asyncio.current_task():
             del self._pending_offline[user]
         if self._local.get(user):
             return
+        await self._detach(user, last_seen)
+
+    async def _detach(self, user: str, last_seen: int) -> None:
         try:
             went_offline = await self.bus.detach(user)
         except ChatError as exc:
@@ -98,18 +103,20 @@ class PresenceTracker:
             log.error("presence task failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        """Cancel pending grace timers; users still connected are detached by the bus's close."""
+        """At shutdown: users whose grace is running go offline now, so that their
+        ``last_seen`` is stored before the process exits; then cancel what is left."""
+        pending = list(self._pending_offline.items())
+        self._pending_offline.clear()
+        for _user, (task, _last_seen) in pending:
+            task.cancel()
+        if pending:
+            finishing = (self._detach(user, last_seen) for user, (_t, last_seen) in pending)
+            try:
+                await asyncio.wait_for(asyncio.gather(*finishing, return_exceptions=True), 10)
+            except TimeoutError:
+                log.warning("presence: shutdown could not record last_seen of every user")
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._pending_offline.clear()
-
-    async def flush_offline(self) -> None:
-        """At shutdown: record last_seen for users whose grace is still running."""
-        pending = list(self._pending_offline.items())
-        self._pending_offline.clear()
-        for _user, task in pending:
-            task.cancel()
-        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
