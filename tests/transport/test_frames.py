@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -476,6 +478,16 @@ def test_round_trip_through_fields(fields: dict[str, Any], expected: frames.Requ
         value = getattr(expected, f.name)
         again[f.name] = list(value) if isinstance(value, tuple) else value
     assert parse(orjson.dumps(again)) == expected
+
+
+def test_docs_describe_every_frame_type() -> None:
+    # docs/protocol.md shows an example of every request; every type it shows is a request,
+    # a reply or an event.
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r'"type": "([a-z_]+)"', doc))
+    assert set(REQUEST_TYPES) <= shown
+    replies_and_events = {"ok", "error", "message", "receipt", "presence", "typing", "conversation"}
+    assert shown <= set(REQUEST_TYPES) | replies_and_events
 
 
 def test_unknown_fields_are_ignored() -> None:
