@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         sub = user_commands.add_parser(action, help=text)
         sub.add_argument("name")
         _add_setting_flags(sub)
+    backup = commands.add_parser("backup", help="copy the SQLite store and media folder, online")
+    backup.add_argument("path", help="a new, empty folder; use it later as --data-dir")
+    _add_setting_flags(backup)
+    doctor = commands.add_parser("doctor", help="check the configuration and every backend")
+    _add_setting_flags(doctor)
     return parser
 
 
@@ -135,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING)
             print(asyncio.run(_user_command(settings, args.action, args.name)))
             return 0
+        if args.command == "backup":
+            from chatd.ops import backup
+
+            print(asyncio.run(backup(settings, args.path)))
+            return 0
+        if args.command == "doctor":
+            from chatd.ops import doctor
+
+            healthy, lines = asyncio.run(doctor(settings))
+            print("\n".join(lines))
+            return 0 if healthy else 1
     except ConfigError as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return EXIT_USAGE
