@@ -1,4 +1,5 @@
-"""Operator commands: ``chatd backup`` (an online copy) and ``chatd doctor`` (plain-words checks)."""
+"""Operator commands: ``chatd backup`` (an online copy) and ``chatd doctor`` (checks in plain
+words)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ def _sqlite_backup(source: Path, target: Path) -> None:
     finally:
         dst.close()
         src.close()
+
+
+def _prepare_empty_folder(target: Path) -> None:
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"{target} exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+
+
+def _probe_writable(path: Path) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".chatd-doctor"
+    probe.write_text("ok")
+    probe.unlink()
+    return f"{path.resolve()} is writable"
 
 
 def _copy_tree(source: Path, target: Path) -> int:
@@ -63,9 +78,7 @@ async def backup(settings: Settings, destination: str) -> str:
     if not source_db.exists():
         raise ConfigError(f"no database at {source_db}")
     target = Path(destination)
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"{target} exists and is not empty")
-    target.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_prepare_empty_folder, target)
     await asyncio.to_thread(_sqlite_backup, source_db, target / "chatd.db")
     summary = [f"database -> {target / 'chatd.db'}"]
     media = urlsplit(settings.media_url)
@@ -106,12 +119,7 @@ async def doctor(settings: Settings) -> tuple[bool, list[str]]:
             lines.append(f"ok   {name}: {detail}")
 
     async def data_dir() -> str:
-        path = Path(settings.data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".chatd-doctor"
-        probe.write_text("ok")
-        probe.unlink()
-        return f"{path.resolve()} is writable"
+        return await asyncio.to_thread(_probe_writable, Path(settings.data_dir))
 
     async def store() -> str:
         from chatd.store import open_store
