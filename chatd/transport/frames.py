@@ -332,10 +332,18 @@ def normalize_username(s: object) -> str:
     return _check_username(s, "username", None)
 
 
+def _no_nul(value: str, field: str, rid: str | None) -> str:
+    # JSON allows "\u0000" but PostgreSQL text cannot hold it: refused here, as bad input,
+    # rather than failing later in a store as an internal error.
+    if "\x00" in value:
+        raise _bad(f"'{field}' must not contain NUL characters", rid)
+    return value
+
+
 def _string(obj: Mapping[str, Any], field: str, rid: str | None, max_chars: int) -> str:
     value = obj.get(field)
     if type(value) is str and 1 <= len(value) <= max_chars:
-        return value
+        return _no_nul(value, field, rid)
     if value is None:
         raise _bad(f"'{field}' is required", rid)
     raise _bad(f"'{field}' must be a string of 1 to {max_chars} characters", rid)
@@ -388,7 +396,7 @@ def _title(obj: Mapping[str, Any], rid: str | None) -> str:
     if type(value) is str:
         title = value.strip()
         if 1 <= len(title) <= MAX_TITLE_CHARS:
-            return title
+            return _no_nul(title, "title", rid)
     elif value is None:
         raise _bad("'title' is required", rid)
     raise _bad(f"'title' must be a string of 1 to {MAX_TITLE_CHARS} characters (stripped)", rid)
@@ -447,6 +455,7 @@ def _parse_send(obj: dict[str, Any], rid: str | None, max_body_chars: int) -> Se
                     f"{MAX_MEDIA_ID_CHARS} characters",
                     rid,
                 )
+            _no_nul(item, "media", rid)
         media = tuple(raw_media)
         if len(set(media)) != len(media):
             raise _bad("'media' must not name the same media id twice", rid)
@@ -460,6 +469,7 @@ def _parse_send(obj: dict[str, Any], rid: str | None, max_body_chars: int) -> Se
         raise ProtocolError("too_large", f"'body' must be at most {max_body_chars} characters", rid)
     if not body and not media:
         raise _bad("'body' may be empty only with 'media'", rid)
+    _no_nul(body, "body", rid)
 
     reply_to = _integer(obj, "reply_to", rid, 1, MAX_SEQ, None)
     return Send(rid, conv, to, client_id, body, media, reply_to)

@@ -316,6 +316,15 @@ MALFORMED: list[tuple[str, str | bytes, str, str | None]] = [
     ("mute muted int", _frame(**_with(MUTE, muted=1)), "bad_request", "r1"),
     ("mute muted string", _frame(**_with(MUTE, muted="true")), "bad_request", "r1"),
     ("mute conv missing", _frame(**_with(MUTE, conv=_DROP)), "bad_request", "r1"),
+    # NUL characters, which PostgreSQL text cannot store
+    ("send body NUL", _frame(**_send(body="a\x00b")), "bad_request", "r1"),
+    ("send client_id NUL", _frame(**_send(client_id="k\x00")), "bad_request", "r1"),
+    ("send conv NUL", _frame(**_send(conv="c\x00")), "bad_request", "r1"),
+    ("send media NUL", _frame(**_send(media=["m\x00"])), "bad_request", "r1"),
+    ("hello device NUL", _frame(**_with(HELLO, device="\x00")), "bad_request", "r1"),
+    ("hello token NUL", _frame(**_with(HELLO, token="t\x00")), "bad_request", "r1"),
+    ("create title NUL", _frame(**_with(CREATE, title="o\x00ps")), "bad_request", "r1"),
+    ("update title NUL", _frame(**_with(UPDATE, title="\x00")), "bad_request", "r1"),
     # no id: the error carries null
     ("no id bad field", _frame(type="typing", conv="c7", state="x"), "bad_request", None),
 ]
