@@ -13,15 +13,19 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from chatd import ids
 from chatd.config import Settings
 from chatd.errors import ConfigError
+from chatd.media import open_media
+from chatd.media.service import MediaService
 from chatd.metrics import Metrics
 from chatd.presence import PresenceTracker
+from chatd.push import open_push
+from chatd.push.dispatcher import PushDispatcher
 from chatd.routing import open_bus
 from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
@@ -31,11 +35,15 @@ from chatd.transport import http
 from chatd.transport.events import FrameEvents
 from chatd.transport.keys import (
     ACCOUNTS,
+    BLOBS,
     BUS,
     CHAT,
     CONNECTIONS,
+    MEDIA_SERVICE,
     METRICS,
     PRESENCE,
+    PUSH,
+    PUSH_PROVIDERS,
     READY_CHECKS,
     ROUTER,
     SERVER_ID,
@@ -61,8 +69,15 @@ def build_app(settings: Settings) -> web.Application:
     server_id = settings.server_id or ids.new_server_id()
     store = open_store(settings.store_url)
     bus = open_bus(settings.bus, server_id)
+    blobs = open_media(settings.media_url)
+    providers = open_push(
+        settings.push, data_dir=settings.data_dir, vapid_subject=settings.vapid_subject
+    )
     router = Router(bus)
     events = FrameEvents(router)
+    push = PushDispatcher(
+        store, providers.senders, is_online=bus.online, previews=settings.push_previews
+    )
     snowflake = ids.Snowflake(ids.worker_number(server_id))
     chat = ChatService(
         store,
@@ -71,6 +86,7 @@ def build_app(settings: Settings) -> web.Application:
         snowflake.next,
         ids.new_conv_id,
         online=bus,
+        push=push,
         max_group_members=settings.max_group_members,
         messages_per_second=settings.messages_per_second,
         message_burst=settings.message_burst,
@@ -82,6 +98,13 @@ def build_app(settings: Settings) -> web.Application:
         session_ttl_days=settings.session_ttl_days,
         login_attempts_per_minute=settings.login_attempts_per_minute,
         events=events,
+    )
+    media = MediaService(
+        store,
+        blobs,
+        max_upload_bytes=settings.max_upload_bytes,
+        clock=now_ms,
+        new_id=ids.new_media_id,
     )
     presence = PresenceTracker(bus, now_ms, chat.announce_presence, settings.presence_grace)
     router.on_servers_died = presence.servers_died
@@ -102,7 +125,11 @@ def build_app(settings: Settings) -> web.Application:
     app[PRESENCE] = presence
     app[METRICS] = metrics
     app[CONNECTIONS] = weakref.WeakSet()
-    app[READY_CHECKS] = {}
+    app[BLOBS] = blobs
+    app[MEDIA_SERVICE] = media
+    app[PUSH_PROVIDERS] = providers
+    app[PUSH] = push
+    app[READY_CHECKS] = {"media": blobs.ping}
 
     http.add_routes(app)
     app.router.add_get("/ws", websocket_handler)
@@ -112,12 +139,20 @@ def build_app(settings: Settings) -> web.Application:
 
 
 async def _backends(app: web.Application) -> AsyncIterator[None]:
-    store = app[STORE]
+    store, blobs, router, push = app[STORE], app[BLOBS], app[ROUTER], app[PUSH]
     await store.start()
+    started: list[Callable[[], Awaitable[None]]] = [store.close]
     try:
-        await app[ROUTER].start()
+        for start, stop in (
+            (blobs.start, blobs.close),
+            (router.start, router.close),
+            (push.start, push.close),
+        ):
+            await start()
+            started.append(stop)
     except BaseException:
-        await store.close()
+        for stop in reversed(started):
+            await stop()
         raise
     log.info(
         "server %s ready: store %s, bus %s",
@@ -127,8 +162,8 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[PRESENCE].close()
-    await app[ROUTER].close()
-    await store.close()
+    for stop in reversed(started):
+        await stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

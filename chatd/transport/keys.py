@@ -9,8 +9,12 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from chatd.config import Settings
+    from chatd.media.base import BlobStore
+    from chatd.media.service import MediaService
     from chatd.metrics import Metrics
     from chatd.presence import PresenceTracker
+    from chatd.push import PushProviders
+    from chatd.push.dispatcher import PushDispatcher
     from chatd.routing.base import Bus
     from chatd.routing.router import Router
     from chatd.service.accounts import AccountService
@@ -28,6 +32,9 @@ CHAT: web.AppKey[ChatService] = web.AppKey("chat")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SERVER_ID: web.AppKey[str] = web.AppKey("server_id")
 CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("connections")
-# Optional parts (media, push) register their own services under keys in their modules;
-# READY_CHECKS lets each add a named readiness probe for /readyz.
+BLOBS: web.AppKey[BlobStore] = web.AppKey("blobs")
+MEDIA_SERVICE: web.AppKey[MediaService] = web.AppKey("media_service")
+PUSH_PROVIDERS: web.AppKey[PushProviders] = web.AppKey("push_providers")
+PUSH: web.AppKey[PushDispatcher] = web.AppKey("push")
+# Named readiness probes for /readyz beyond store and bus (media adds one).
 READY_CHECKS: web.AppKey[dict[str, Any]] = web.AppKey("ready_checks")

@@ -143,7 +143,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     header_token = bearer_token(request)
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat,
-        max_msg_size=settings.max_frame_bytes,
+        # aiohttp refuses a frame whose size *reaches* max_msg_size; the protocol accepts
+        # exactly max_frame_bytes and refuses one byte more.
+        max_msg_size=settings.max_frame_bytes + 1,
         compress=False,
         autoping=True,
         receive_timeout=None,
