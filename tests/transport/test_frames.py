@@ -645,6 +645,81 @@ def test_parse_arbitrary_bytes(data: bytes) -> None:
     _parse_or_protocol_error(data)
 
 
+# --- valid frames generated: whatever is within the limits parses, and parses back the same ----
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_ids = st.none() | _text.filter(lambda t: len(t) <= 64)
+_convs = _text.filter(lambda t: 1 <= len(t) <= 64)
+_usernames = st.from_regex(r"[A-Za-z0-9_.\-]{3,32}", fullmatch=True)
+_seqs = st.integers(min_value=0, max_value=2**63 - 1)
+
+
+@st.composite
+def _valid_sends(draw: st.DrawFn) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "send", "id": draw(_ids)}
+    if draw(st.booleans()):
+        frame["conv"] = draw(_convs)
+    else:
+        frame["to"] = draw(_usernames)
+    frame["client_id"] = draw(_text.filter(lambda t: 1 <= len(t) <= 64))
+    media = draw(st.lists(_text.filter(lambda t: 1 <= len(t) <= 128), max_size=10, unique=True))
+    if media or draw(st.booleans()):
+        frame["media"] = media
+    frame["body"] = draw(_text.filter(lambda t: len(t) <= 16384 and (t or media)))
+    if draw(st.booleans()):
+        frame["reply_to"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
+    return frame
+
+
+@settings(max_examples=200, deadline=None)
+@given(_valid_sends())
+def test_valid_send_frames_parse(frame: dict[str, Any]) -> None:
+    request = parse(orjson.dumps(frame))
+    assert isinstance(request, Send)
+    assert request.id == frame["id"]
+    assert request.conv == frame.get("conv")
+    assert request.to == (frame["to"].lower() if "to" in frame else None)
+    assert request.client_id == frame["client_id"]
+    assert request.body == frame["body"]
+    assert request.media == tuple(frame.get("media", ()))
+    assert request.reply_to == frame.get("reply_to")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _ids,
+    _convs,
+    st.one_of(
+        st.fixed_dictionaries({}),
+        st.fixed_dictionaries({"before": _seqs}),
+        st.fixed_dictionaries({"after": _seqs}),
+    ),
+    st.none() | st.integers(min_value=1, max_value=100),
+)
+def test_valid_history_frames_parse(
+    rid: str | None, conv: str, page: dict[str, int], limit: int | None
+) -> None:
+    frame = {"type": "history", "id": rid, "conv": conv, "limit": limit, **page}
+    assert parse(orjson.dumps(frame)) == History(
+        rid, conv, page.get("before"), page.get("after"), 50 if limit is None else limit
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    _ids,
+    _text.filter(lambda t: 1 <= len(t.strip()) <= 128),
+    st.lists(_usernames, max_size=30),
+)
+def test_valid_create_group_frames_parse(rid: str | None, title: str, members: list[str]) -> None:
+    request = parse(
+        orjson.dumps({"type": "create_group", "id": rid, "title": title, "members": members})
+    )
+    assert request == CreateGroup(
+        rid, title.strip(), tuple(dict.fromkeys(m.lower() for m in members))
+    )
+
+
 # --- serializers -------------------------------------------------------------------------------
 
 PHOTO = MediaItem(
