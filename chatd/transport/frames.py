@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
+from chatd.errors import ChatError
 from chatd.models import ConversationSummary, MediaItem, Message
 
 __all__ = [
@@ -88,10 +89,15 @@ DEFAULT_HISTORY_LIMIT = 50
 MAX_SEQ = 2**63 - 1
 
 _USERNAME_RE = re.compile(r"[a-z0-9_.\-]{3,32}")
+_HTTP_STATUS = {"bad_request": 400, "too_large": 413}
 
 
-class ProtocolError(Exception):
+class ProtocolError(ChatError):
     """A frame is malformed or a field is invalid; the connection stays open.
+
+    A :class:`chatd.errors.ChatError`, so that whatever maps errors to replies (the HTTP error
+    middleware, the WebSocket loop) handles it like any other; ``code`` and ``http_status``
+    are per instance here rather than per class.
 
     Attributes:
         code: the protocol's error code (``bad_request`` or ``too_large``).
@@ -103,7 +109,7 @@ class ProtocolError(Exception):
     def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
+        self.http_status = _HTTP_STATUS.get(code, 400)
         self.request_id = request_id
 
     def __repr__(self) -> str:

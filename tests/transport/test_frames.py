@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatd.errors import ChatError
 from chatd.models import Conversation, ConversationSummary, MediaItem, Member, Message
 from chatd.transport import frames
 from chatd.transport.frames import (
@@ -350,6 +351,21 @@ def test_malformed_frame_is_refused(raw: str | bytes, code: str, rid: str | None
     assert info.value.request_id == rid
     assert info.value.message
     assert str(info.value) == info.value.message
+
+
+def test_protocol_error_is_a_chat_error() -> None:
+    # The HTTP error middleware and the WebSocket loop map any ChatError to a reply.
+    exc = ProtocolError("bad_request", "'conv' is required", "r1")
+    assert isinstance(exc, ChatError)
+    assert (exc.code, exc.http_status, exc.message, exc.extra) == (
+        "bad_request",
+        400,
+        "'conv' is required",
+        {},
+    )
+    assert ProtocolError("too_large", "big").http_status == 413
+    assert ProtocolError("too_large", "big").request_id is None
+    assert "too_large" in repr(ProtocolError("too_large", "big"))
 
 
 def test_messages_name_the_field() -> None:
