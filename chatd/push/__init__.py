@@ -48,14 +48,19 @@ class PushProviders:
         senders: subscription kind -> sender. With ``log``, one recorder serves both kinds.
         vapid: the server's VAPID keys (``None`` only if ``cryptography`` is missing in
             ``log`` mode); ``vapid.public_key_b64`` is what browsers subscribe with.
+        allow_private_hosts: endpoints may name loopback or LAN addresses (the HTTP API
+            refuses such subscriptions otherwise).
     """
 
     names: tuple[str, ...]
     senders: Mapping[str, PushSender] = field(default_factory=dict)
     vapid: VapidKeys | None = None
+    allow_private_hosts: bool = False
 
     def accepts(self, kind: str) -> bool:
         """Whether subscriptions of ``kind`` can be created on this server."""
+        if kind == "webpush" and self.vapid is None:
+            return False
         return kind in self.senders
 
 
@@ -121,7 +126,7 @@ def open_push(
             senders.update(dict.fromkeys(SUBSCRIPTION_KINDS, sender))
         else:
             senders[name] = sender
-    return PushProviders(names=names, senders=senders, vapid=vapid)
+    return PushProviders(names, senders, vapid, allow_private_hosts)
 
 
 def _load_vapid(options: PushOptions, *, required: bool) -> VapidKeys | None:
