@@ -31,7 +31,7 @@ from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
 from chatd.store import open_store
-from chatd.transport import http
+from chatd.transport import http, static
 from chatd.transport.events import FrameEvents
 from chatd.transport.keys import (
     ACCOUNTS,
@@ -62,7 +62,7 @@ def now_ms() -> int:
 def build_app(settings: Settings) -> web.Application:
     """Build the application; nothing is connected until the app starts."""
     app = web.Application(
-        middlewares=[http.error_middleware],
+        middlewares=[http.error_middleware, static.security_headers],
         client_max_size=1024**2,
         handler_args={"max_field_size": 16384},
     )
@@ -132,6 +132,7 @@ def build_app(settings: Settings) -> web.Application:
     app[READY_CHECKS] = {"media": blobs.ping}
 
     http.add_routes(app)
+    static.add_routes(app)
     app.router.add_get("/ws", websocket_handler)
     app.cleanup_ctx.append(_backends)
     app.on_shutdown.append(_close_sockets)
