@@ -5,10 +5,10 @@ misbehaves. Nothing here ever blocks a send.
 logged). One intake task then, per message:
 
 1. drops the sender and every recipient that is online (``is_online``: connected on any
-   server) or has muted the conversation (``Member.muted``);
+   server), has no subscription of an enabled kind, or has muted the conversation
+   (``Member.muted``), in that order (cheapest first);
 2. applies the coalescing rule below;
-3. looks up the remaining users' subscriptions and starts one delivery task per
-   subscription.
+3. starts one delivery task per subscription of each user to notify now.
 
 A delivery task sends through the sender of the subscription's kind under a hard per-request
 timeout, with at most ``concurrency`` requests in flight, so an endpoint that hangs only ties
@@ -321,42 +321,42 @@ class PushDispatcher:
 
     async def _intake(self, job: _Job) -> None:
         message = job.message
-        users = await self._reachable(
+        targets = await self._targets(
             message.conv, [u for u in job.recipients if u != message.sender]
         )
-        if not users:
+        if not targets:
             return
         title = job.conv_title
         if title is None:
             conversation = await self.store.get_conversation(message.conv)
             title = conversation.title if conversation is not None else None
         now = self._clock()
-        immediate: list[str] = []
-        for user in users:
+        payload: dict[str, Any] | None = None
+        for user, subs in targets.items():
             key = (user, message.conv)
             window = self._windows.get(key)
-            if self.coalesce_window_s == 0:
-                immediate.append(user)
-            elif window is None:
-                until = now + self.coalesce_window_s
-                self._windows[key] = _Window(until)
-                self._expiries.append((until, key))
-                self._wakeup.set()
-                immediate.append(user)
-            else:
+            if window is not None and self.coalesce_window_s > 0:
                 window.pending = message
                 window.pending_title = title
                 window.count += 1
                 self.coalesced += 1
-        if immediate:
-            payload = build_payload(message, title, 1, self.previews)
-            await self._deliver_to(immediate, payload)
+                continue
+            if self.coalesce_window_s > 0:
+                until = now + self.coalesce_window_s
+                self._windows[key] = _Window(until)
+                self._expiries.append((until, key))
+                self._wakeup.set()
+            if payload is None:
+                payload = build_payload(message, title, 1, self.previews)
+            self._deliver_all(subs, payload)
 
-    async def _reachable(self, conv: str, users: Sequence[str]) -> list[str]:
-        """``users`` without duplicates, those online, and those who muted ``conv``."""
+    async def _targets(self, conv: str, users: Sequence[str]) -> dict[str, list[PushSubscription]]:
+        """The subscriptions to push to, by user: ``users`` without duplicates, without those
+        online, without those with no subscription of an enabled kind, and without those who
+        muted ``conv``. Cheapest checks first: most users have no subscription at all."""
         users = list(dict.fromkeys(users))
         if not users:
-            return []
+            return {}
         try:
             online = await self.is_online(users)
         except Exception:
@@ -366,11 +366,19 @@ class PushDispatcher:
         offline = [u for u in users if u not in online]
         self.skipped_online += len(users) - len(offline)
         if not offline:
-            return []
-        muted = {m.user for m in await self.store.get_members(conv) if m.muted}
-        reachable = [u for u in offline if u not in muted]
-        self.skipped_muted += len(offline) - len(reachable)
-        return reachable
+            return {}
+        targets: dict[str, list[PushSubscription]] = {}
+        for sub in await self.store.push_subscriptions(offline):
+            if sub.kind in self.senders:
+                targets.setdefault(sub.user, []).append(sub)
+            else:
+                log.debug("push: no %s provider; skipped subscription %s", sub.kind, sub.id)
+        if not targets:
+            return {}
+        for member in await self.store.get_members(conv):
+            if member.muted and targets.pop(member.user, None) is not None:
+                self.skipped_muted += 1
+        return targets
 
     # -- flusher: close windows, send what they folded -------------------------------------
 
@@ -400,20 +408,14 @@ class PushDispatcher:
             self._spawn(self._flush_one(key[0], message.conv, payload), f"push-flush-{key[0]}")
 
     async def _flush_one(self, user: str, conv: str, payload: dict[str, Any]) -> None:
-        if await self._reachable(conv, [user]):
-            await self._deliver_to([user], payload)
+        for subs in (await self._targets(conv, [user])).values():
+            self._deliver_all(subs, payload)
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _deliver_to(self, users: Sequence[str], payload: dict[str, Any]) -> None:
-        for sub in await self.store.push_subscriptions(users):
-            sender = self.senders.get(sub.kind)
-            if sender is None:
-                log.debug(
-                    "push: no %s provider enabled; skipping subscription %s", sub.kind, sub.id
-                )
-                continue
-            self._spawn(self._deliver(sender, sub, payload), f"push-{sub.id}")
+    def _deliver_all(self, subs: Sequence[PushSubscription], payload: dict[str, Any]) -> None:
+        for sub in subs:
+            self._spawn(self._deliver(self.senders[sub.kind], sub, payload), f"push-{sub.id}")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         if self._closed or len(self._deliveries) >= self.max_deliveries:
