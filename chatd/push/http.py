@@ -5,7 +5,8 @@ Subscriptions come from users, so an endpoint could name ``http://127.0.0.1:6379
 cloud metadata address. Unless ``allow_private_hosts`` is set (tests, or an operator whose
 ntfy runs on the LAN), hosts that are not globally routable are refused: IP literals are
 checked before connecting, and names are checked after resolution by :class:`PublicResolver`,
-so a name that resolves to a private address is refused too.
+so a name that resolves to a private address is refused too. Redirects are not followed
+(a redirect to an IP literal would skip the resolver), so a 3xx counts as a failure.
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ class WebhookSender(PushSender):
             return PushResult("retry", detail="url is a private address", permanent=True)
         headers = {"Content-Type": "application/json"}
         try:
-            async with self._session.post(url, data=orjson.dumps(payload), headers=headers) as r:
+            async with self._session.post(
+                url, data=orjson.dumps(payload), headers=headers, allow_redirects=False
+            ) as r:
                 detail = "" if r.status < 300 else (await r.text(errors="replace"))[:200]
                 return PushResult.from_status(
                     r.status, parse_retry_after(r.headers.get("Retry-After")), detail

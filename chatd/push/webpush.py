@@ -160,7 +160,9 @@ class WebPushSender(PushSender):
         if topic:
             headers["Topic"] = topic
         try:
-            async with self._session.post(endpoint, data=body, headers=headers) as resp:
+            async with self._session.post(
+                endpoint, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 detail = "" if resp.status < 300 else (await resp.text(errors="replace"))[:200]
                 return PushResult.from_status(
                     resp.status, parse_retry_after(resp.headers.get("Retry-After")), detail

@@ -15,7 +15,12 @@ from chatd.models import MediaItem, Message, PushSubscription
 from chatd.push import open_push
 from chatd.push.base import PushResult, parse_retry_after
 from chatd.push.dispatcher import PushDispatcher, build_payload, preview_of
-from chatd.push.http import check_endpoint_url, literal_host_refused
+from chatd.push.http import (
+    PrivateHostError,
+    PublicResolver,
+    check_endpoint_url,
+    literal_host_refused,
+)
 from chatd.push.log import LogSender
 from chatd.push.vapid import KEY_FILE, VapidKeys
 from chatd.push.webhook import WebhookSender, check_webhook
@@ -215,3 +220,12 @@ async def test_subscription_of_a_disabled_kind_is_skipped(
     assert dispatcher.attempts == 0 and dispatcher.failed == 0
     assert [s.kind for s in await store.push_subscriptions(["bob"])] == ["webpush"]
     assert isinstance((await store.push_subscriptions(["bob"]))[0], PushSubscription)
+
+
+async def test_resolver_refuses_names_of_private_addresses() -> None:
+    resolver = PublicResolver()
+    try:
+        with pytest.raises(PrivateHostError):
+            await asyncio.wait_for(resolver.resolve("localhost", 80), 5)
+    finally:
+        await resolver.close()
