@@ -38,6 +38,7 @@ from chatd.transport.keys import (
     BLOBS,
     BUS,
     CHAT,
+    COALESCER,
     CONNECTIONS,
     MEDIA_SERVICE,
     METRICS,
@@ -50,7 +51,7 @@ from chatd.transport.keys import (
     SETTINGS,
     STORE,
 )
-from chatd.transport.ws import CLOSE_GOING_AWAY, websocket_handler
+from chatd.transport.ws import CLOSE_GOING_AWAY, WriteCoalescer, websocket_handler
 
 log = logging.getLogger("chatd")
 
@@ -125,6 +126,7 @@ def build_app(settings: Settings) -> web.Application:
     app[PRESENCE] = presence
     app[METRICS] = metrics
     app[CONNECTIONS] = weakref.WeakSet()
+    app[COALESCER] = WriteCoalescer()
     app[BLOBS] = blobs
     app[MEDIA_SERVICE] = media
     app[PUSH_PROVIDERS] = providers

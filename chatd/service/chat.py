@@ -97,7 +97,7 @@ class ChatService:
         if to is not None:
             conv = await self._direct_conversation(user, to, now)
         assert conv is not None
-        media = await self._own_media(user, media_ids)
+        media = await self._own_media(user, media_ids) if media_ids else ()
         if reply_to is not None:
             conversation = await self.store.get_conversation(conv)
             if conversation is None or not 1 <= reply_to <= conversation.last_seq:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from chatd.service.accounts import AccountService
     from chatd.service.chat import ChatService
     from chatd.store.base import Store
-    from chatd.transport.ws import Connection
+    from chatd.transport.ws import Connection, WriteCoalescer
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -37,4 +37,5 @@ MEDIA_SERVICE: web.AppKey[MediaService] = web.AppKey("media_service")
 PUSH_PROVIDERS: web.AppKey[PushProviders] = web.AppKey("push_providers")
 PUSH: web.AppKey[PushDispatcher] = web.AppKey("push")
 # Named readiness probes for /readyz beyond store and bus (media adds one).
+COALESCER: web.AppKey[WriteCoalescer] = web.AppKey("coalescer")
 READY_CHECKS: web.AppKey[dict[str, Any]] = web.AppKey("ready_checks")
