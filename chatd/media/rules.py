@@ -100,7 +100,11 @@ def content_disposition(kind: str, filename: str) -> str:
 
 
 class RangeNotSatisfiable(Exception):
-    """A ``Range`` header that selects nothing of the blob (HTTP 416)."""
+    """A ``Range`` header that selects nothing of a blob of ``size`` bytes (HTTP 416)."""
+
+    def __init__(self, header: str, size: int) -> None:
+        super().__init__(f"range {header!r} is outside a blob of {size} bytes")
+        self.size = size
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +145,12 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         # A suffix: the last N bytes.
         suffix = int(last)
         if suffix == 0:
-            raise RangeNotSatisfiable(header)
+            raise RangeNotSatisfiable(header, size)
         return ByteRange(max(size - suffix, 0), size, size)
     start = int(first)
     end = size if last == "" else min(int(last) + 1, size)
     if last != "" and int(last) < start:
         return None
     if start >= size:
-        raise RangeNotSatisfiable(header)
+        raise RangeNotSatisfiable(header, size)
     return ByteRange(start, end, size)
