@@ -1,4 +1,4 @@
-"""HTTP handlers for push subscriptions and muting, and the push part's place in the app.
+"""HTTP handlers for push subscriptions, the VAPID key and muting.
 
 Routes (all need ``Authorization: Bearer``):
 
@@ -13,109 +13,53 @@ Routes (all need ``Authorization: Bearer``):
 Subscribing again with an endpoint (or webhook URL) the caller already has replaces the old
 subscription (browsers re-send theirs on every page load), so the answer is always a fresh id.
 
-Wiring, in ``chatd.app.build_app``::
-
-    providers, dispatcher = build_push(settings, store, bus.online)
-    chat = ChatService(..., push=dispatcher)
-    ...
-    app.cleanup_ctx.append(_backends)
-    install(app, providers, dispatcher)   # after _backends: starts after the store, stops before
+The providers and the dispatcher are built and started by :mod:`chatd.app` (under
+``PUSH_PROVIDERS`` and ``PUSH``); :func:`add_routes` adds the routes above and the push
+counters of ``/metrics``.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from chatd.errors import BadRequest, Conflict, NotFound
 from chatd.models import PushSubscription
-from chatd.push import PushProviders, open_push
-from chatd.push.dispatcher import IsOnline, PushDispatcher
+from chatd.push import PushProviders
+from chatd.push.dispatcher import PushDispatcher
 from chatd.push.http import check_endpoint_url, literal_host_refused
 from chatd.transport.auth import authenticate
 from chatd.transport.http import json_response, read_json
-from chatd.transport.keys import CHAT, METRICS, STORE
-
-if TYPE_CHECKING:
-    from chatd.config import Settings
-    from chatd.store.base import Store
-
-PUSH: web.AppKey[PushProviders] = web.AppKey("push")
-PUSH_DISPATCHER: web.AppKey[PushDispatcher] = web.AppKey("push_dispatcher")
+from chatd.transport.keys import CHAT, METRICS, PUSH, PUSH_PROVIDERS, STORE
 
 MAX_SUBSCRIPTIONS_PER_USER = 20
-
-
-def build_push(
-    settings: Settings,
-    store: Store,
-    is_online: IsOnline,
-    *,
-    allow_private_hosts: bool = False,
-    **dispatcher_options: Any,
-) -> tuple[PushProviders, PushDispatcher]:
-    """The providers named by ``settings.push`` and a dispatcher over them (not started).
-
-    ``dispatcher_options`` go to :class:`PushDispatcher` (``coalesce_window_s``,
-    ``request_timeout_s``, ``max_retries``...). Raises ``ConfigError`` like ``open_push``.
-    """
-    providers = open_push(
-        settings.push,
-        data_dir=settings.data_dir,
-        vapid_subject=settings.vapid_subject,
-        allow_private_hosts=allow_private_hosts,
-    )
-    dispatcher = PushDispatcher(
-        store,
-        providers.senders,
-        is_online=is_online,
-        previews=settings.push_previews,
-        **dispatcher_options,
-    )
-    return providers, dispatcher
-
-
-def install(app: web.Application, providers: PushProviders, dispatcher: PushDispatcher) -> None:
-    """Register the push objects, routes, lifecycle and metrics on ``app``.
-
-    Call it after the store's ``cleanup_ctx`` is appended, so that the dispatcher starts
-    after the store and is closed (its tasks cancelled and awaited) before the store closes.
-    """
-    app[PUSH] = providers
-    app[PUSH_DISPATCHER] = dispatcher
-    add_routes(app)
-    app.cleanup_ctx.append(_dispatcher_lifecycle)
-    if METRICS in app:
-        counters = app[METRICS].counters
-        for name in ("sent", "failed", "pruned", "dropped", "retried", "coalesced"):
-            counters[f"chatd_push_{name}_total"] = _reader(dispatcher, name)
-
-
-def _reader(dispatcher: PushDispatcher, name: str) -> Any:
-    return lambda: getattr(dispatcher, name)
-
-
-async def _dispatcher_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = app[PUSH_DISPATCHER]
-    await dispatcher.start()
-    yield
-    await dispatcher.close()
+COUNTERS = ("sent", "failed", "pruned", "dropped", "retried", "coalesced")
 
 
 def add_routes(app: web.Application) -> None:
+    """The push routes, and ``chatd_push_<counter>_total`` in ``/metrics`` when the app has a
+    dispatcher and metrics."""
     app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
     app.router.add_get("/api/v1/push/subscriptions", list_subscriptions)
     app.router.add_post("/api/v1/push/subscriptions", create_subscription)
     app.router.add_delete("/api/v1/push/subscriptions/{sub_id}", delete_subscription)
     app.router.add_put("/api/v1/conversations/{conv}/mute", mute_conversation)
+    dispatcher = app.get(PUSH)
+    if dispatcher is not None and METRICS in app:
+        for name in COUNTERS:
+            app[METRICS].counters[f"chatd_push_{name}_total"] = _reader(dispatcher, name)
+
+
+def _reader(dispatcher: PushDispatcher, name: str) -> Callable[[], float]:
+    return lambda: int(getattr(dispatcher, name))
 
 
 def _providers(request: web.Request) -> PushProviders:
-    providers = request.app.get(PUSH)
+    providers = request.app.get(PUSH_PROVIDERS)
     if providers is None:
         raise NotFound("push notifications are not enabled on this server")
     return providers

@@ -22,8 +22,8 @@ from chatd.push.vapid import KEY_FILE
 from chatd.push.webhook import WebhookSender
 from chatd.service.chat import ChatService
 from chatd.store import open_store
-from chatd.transport.keys import BUS, CHAT, STORE
-from chatd.transport.push_http import PUSH, PUSH_DISPATCHER, build_push, install
+from chatd.transport.keys import CHAT, PUSH, PUSH_PROVIDERS, STORE
+from chatd.transport.push_http import add_routes
 from tests.push.conftest import Browser, Presence, PushService
 
 # chatd.transport.auth caches the session under a str request key, which aiohttp 3.14 warns
@@ -55,10 +55,9 @@ class Api:
 async def start_api(data_dir: Path, http: aiohttp.ClientSession, push: str = "log") -> Api:
     settings = Settings(store="memory://", data_dir=str(data_dir), push=push)
     app = build_app(settings)
-    if PUSH not in app:  # the app does not wire push itself (yet): do what it would
-        providers, dispatcher = build_push(settings, app[STORE], app[BUS].online)
-        app[CHAT].push = dispatcher
-        install(app, providers, dispatcher)
+    routes = {getattr(r.resource, "canonical", None) for r in app.router.routes()}
+    if "/api/v1/push/subscriptions" not in routes:  # until chatd.app adds them itself
+        add_routes(app)
     server = TestServer(app, host="127.0.0.1")
     await asyncio.wait_for(server.start_server(), 10)
     api = Api(server, http, {})
@@ -184,8 +183,8 @@ async def test_mute_over_http_stops_pushes(api: Api) -> None:
         "bob",
         {"kind": "webhook", "url": "https://h.example/b"},
     )
-    dispatcher: PushDispatcher = api.app[PUSH_DISPATCHER]
-    log = api.app[PUSH].senders["webhook"]
+    dispatcher: PushDispatcher = api.app[PUSH]
+    log = api.app[PUSH_PROVIDERS].senders["webhook"]
     assert isinstance(log, LogSender)
 
     await chat.send("alice", conv=conv.conv, to=None, client_id="c1", body="one")
@@ -207,6 +206,11 @@ async def test_mute_over_http_stops_pushes(api: Api) -> None:
     assert status == 400 and "muted" in body["error"]["message"]
     status, body = await api.call("PUT", "/api/v1/conversations/nope/mute", "bob", {"muted": True})
     assert status == 404
+
+    async with api.http.get(api.server.make_url("/metrics")) as resp:
+        metrics = await resp.text()
+    assert "\nchatd_push_sent_total 1\n" in metrics
+    assert "\nchatd_push_pruned_total 0\n" in metrics
 
 
 class Sink:
