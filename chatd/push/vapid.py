@@ -7,8 +7,8 @@ written to a temporary name and hard-linked into place, so the first writer wins
 reads a half-written file. Processes with separate data dirs must be given the same file.
 
 The JWT is ES256 over ``{"aud": <origin of the endpoint>, "exp": now + 12 h, "sub": subject}``,
-sent as ``Authorization: vapid t=<jwt>, k=<public key>``. Tokens are cached per audience and
-reused until an hour before they expire.
+sent as ``Authorization: vapid t=<jwt>,k=<public key>`` (the form pywebpush sends). Tokens are
+cached per audience and reused until an hour before they expire.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class VapidKeys:
             expires = int(now) + TOKEN_LIFETIME_S
             token = self._sign({"aud": audience, "exp": expires, "sub": self.subject})
             self._tokens[audience] = (token, expires)
-        return f"vapid t={token}, k={self.public_key_b64}"
+        return f"vapid t={token},k={self.public_key_b64}"
 
     def _sign(self, claims: dict[str, object]) -> str:
         header = b64url(json.dumps({"typ": "JWT", "alg": "ES256"}, separators=(",", ":")).encode())

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from py_vapid import Vapid02
 
 from chatd.errors import ConfigError
 from chatd.models import MediaItem, Message, PushSubscription
@@ -95,6 +96,7 @@ def test_vapid_token_verifies_and_is_reused(tmp_path: Path) -> None:
     now = time.time()
     header = keys.authorization("https://push.example.net/wpush/v2/abc", now)
     claims = verify_vapid(header, keys.public_key_b64)
+    assert Vapid02.verify(header)  # and py-vapid, an independent implementation, agrees
     assert claims["aud"] == "https://push.example.net"
     assert claims["exp"] == int(now) + 12 * 3600
     assert keys.authorization("https://push.example.net/other", now + 60) == header
