@@ -54,7 +54,9 @@ class Connection:
         "__weakref__",
         "closing",
         "coalescer",
+        "gone",
         "id",
+        "on_gone",
         "pending",
         "pending_bytes",
         "request",
@@ -78,6 +80,8 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.coalescer = coalescer
+        self.gone = False
+        self.on_gone: Callable[[], None] | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.request = request
@@ -134,6 +138,17 @@ class Connection:
             transport.close()  # flushes what is buffered, then closes
             loop = asyncio.get_running_loop()
             loop.call_later(30, transport.abort)
+            # For routing and presence the socket is gone now, not when its client wakes up.
+            # Deferred: we may be inside the router's loop over this user's sockets.
+            loop.call_soon(self.leave)
+
+    def leave(self) -> None:
+        """Stop routing to this socket and count it as disconnected, once."""
+        if self.gone:
+            return
+        self.gone = True
+        if self.on_gone is not None:
+            self.on_gone()
 
     def revoke(self) -> None:
         self.close_soon(CLOSE_UNAUTHORIZED, "session ended")
@@ -297,6 +312,12 @@ async def _serve(
     router = app[ROUTER]
     presence = app[PRESENCE]
     conn = Connection(ws, request, settings, session, app[COALESCER])
+
+    def gone() -> None:
+        router.remove(conn)
+        presence.disconnected(session.user)
+
+    conn.on_gone = gone
     router.add(conn)
     app[CONNECTIONS].add(conn)
     conn.send_payload(
@@ -322,8 +343,7 @@ async def _serve(
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        router.remove(conn)
-        presence.disconnected(session.user)
+        conn.leave()
         recheck.cancel()
         await dispatch.drain()
         await asyncio.gather(recheck, return_exceptions=True)
