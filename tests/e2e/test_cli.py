@@ -1,0 +1,93 @@
+"""The command line (issue 2): start-up errors and `chatd user add`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .client import Harness
+from .server import ChatdServer, ServerFactory, _free_port, run_cli
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "flag, url",
+    [
+        ("--store", "bogus://x"),
+        ("--media", "bogus://x"),
+        ("--bus", "bogus://x"),
+        ("--store", "nonsense"),
+    ],
+)
+def test_unknown_backend_scheme_exits_2_with_one_line(tmp_path: Path, flag: str, url: str) -> None:
+    port = _free_port()
+    result = run_cli(
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+        flag,
+        url,
+        timeout=30,
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    assert not listening(port)
+
+
+def test_unknown_scheme_from_environment_exits_2(tmp_path: Path) -> None:
+    port = _free_port()
+    result = run_cli(
+        "serve",
+        env={"CHATD_STORE": "bogus://x", "CHATD_PORT": str(port), "CHATD_DATA_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert len([x for x in result.stderr.splitlines() if x.strip()]) == 1, result.stderr
+
+
+async def test_user_add_then_login(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory.create(registration="closed")
+    result = run_cli(
+        "user", "add", "Carol", "--data-dir", str(server.data_dir), stdin="s3cret-password\n"
+    )
+    assert result.returncode == 0, result.stderr
+    # the environment variable works as well as the flag
+    result = run_cli(
+        "user",
+        "add",
+        "dave",
+        stdin="another-password\n",
+        env={"CHATD_DATA_DIR": str(server.data_dir)},
+    )
+    assert result.returncode == 0, result.stderr
+    server.start()
+    h = harness(server)
+    status, body = await h.login("carol", "s3cret-password")
+    assert status == 201, body
+    assert body["user"] == "carol"
+    status, body = await h.login("dave", "another-password")
+    assert status == 201, body
+    status, _ = await h.login("carol", "wrong-password")
+    assert status == 401
+    conn = await h.connect("carol", token=(await h.login("carol", "s3cret-password"))[1]["token"])
+    await conn.ok("ping")
+    # registration is closed, yet operator-made users work
+    assert (await h.register("eve_new"))[0] == 403

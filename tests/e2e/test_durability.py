@@ -1,0 +1,206 @@
+"""Crash and restart durability (issue 2): kill -9 under load, graceful SIGTERM, same data dir.
+
+Every message the server acknowledged before dying must be in history after a restart, each
+exactly once, with gapless seqs; this is checked by :mod:`e2e.lossck`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .client import Closed, Frame, Harness, User, Ws, history_all
+from .lossck import Sent, check
+from .server import ChatdServer, ServerFactory
+
+
+@dataclass
+class Attempt:
+    client_id: str
+    sender: str
+    body: str
+    target: dict[str, str]
+    acked: bool = False
+    conv: str | None = None
+    seq: int | None = None
+
+    def as_sent(self) -> Sent:
+        return Sent(self.client_id, self.acked, self.sender, self.conv, self.seq, self.body)
+
+
+async def pump(
+    conn: Ws,
+    user: User,
+    targets: list[dict[str, str]],
+    attempts: list[Attempt],
+    stop: asyncio.Event,
+    limit: int,
+) -> None:
+    """Send until ``stop`` or the socket dies, recording every attempt and its outcome."""
+    for i in range(limit):
+        if stop.is_set():
+            return
+        target = targets[i % len(targets)]
+        attempt = Attempt(uuid.uuid4().hex, user.name, f"{user.name} {i}", target)
+        attempts.append(attempt)
+        try:
+            reply = await conn.request(
+                "send", client_id=attempt.client_id, body=attempt.body, **target
+            )
+        except (Closed, ConnectionError, aiohttp.ClientError, AssertionError):
+            return
+        if reply["type"] != "ok":
+            assert reply["code"] in ("rate_limited", "unavailable"), reply
+            await asyncio.sleep(0.05)
+            continue
+        attempt.acked, attempt.conv, attempt.seq = True, reply["conv"], reply["seq"]
+        assert reply["duplicate"] is False
+
+
+async def all_histories(h: Harness, users: list[User]) -> dict[str, list[Frame]]:
+    histories: dict[str, list[Frame]] = {}
+    for user in users:
+        conn = await h.connect(user, "checker")
+        for summary in (await conn.ok("conversations"))["conversations"]:
+            conv = summary["conv"]
+            if conv not in histories:
+                histories[conv] = await history_all(conn, conv)
+                assert summary["last_seq"] == len(histories[conv]), summary
+        await conn.close()
+    return histories
+
+
+async def load(h: Harness) -> tuple[list[User], list[Ws], list[list[dict[str, str]]]]:
+    users = await h.users("k0", "k1", "k2", "k3")
+    conns = [await h.connect(u) for u in users]
+    group = (await conns[0].ok("create_group", title="crash", members=[u.name for u in users[1:]]))[
+        "conv"
+    ]
+    partner = {0: 1, 1: 0, 2: 3, 3: 2}
+    targets = [[{"conv": group}, {"to": users[partner[i]].name}] for i in range(4)]
+    return users, conns, targets
+
+
+async def test_kill_9_while_four_clients_send(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    users, conns, targets = await load(h)
+    attempts: list[Attempt] = []
+    stop = asyncio.Event()
+    pumps = [
+        asyncio.create_task(pump(conns[i], users[i], targets[i], attempts, stop, limit=150))
+        for i in range(4)
+    ]
+
+    async def enough_acked() -> None:
+        while sum(a.acked for a in attempts) < 120:  # noqa: ASYNC110 (polls a count)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(enough_acked(), 20)
+    server.kill()  # SIGKILL mid-flight: some sends are in the air
+    await asyncio.wait_for(asyncio.gather(*pumps), 15)
+    acked_before_kill = sum(a.acked for a in attempts)
+    assert acked_before_kill >= 120
+
+    server.start()
+    histories = await all_histories(h, users)
+    report = check([a.as_sent() for a in attempts], histories)
+    report.assert_ok(allow_unexpected=False)
+    assert report.count("stored") == acked_before_kill
+
+    # retrying every unacknowledged send with its client_id stores each exactly once
+    by_sender = {u.name: await h.connect(u, "retry") for u in users}
+    for a in attempts:
+        if a.acked:
+            continue
+        reply = await by_sender[a.sender].ok("send", client_id=a.client_id, body=a.body, **a.target)
+        stored_before = any(
+            m.get("client_id") == a.client_id and m["from"] == a.sender
+            for msgs in histories.values()
+            for m in msgs
+        )
+        assert reply["duplicate"] is stored_before, (a, reply)
+        a.acked, a.conv, a.seq = True, reply["conv"], reply["seq"]
+    report = check([a.as_sent() for a in attempts], await all_histories(h, users))
+    report.assert_ok(allow_unexpected=False)
+    assert report.count("stored") == len(attempts)
+
+
+async def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    users, conns, targets = await load(h)
+    attempts: list[Attempt] = []
+    stop = asyncio.Event()
+    pumps = [
+        asyncio.create_task(pump(conns[i], users[i], targets[i], attempts, stop, limit=100))
+        for i in range(4)
+    ]
+
+    async def enough_acked() -> None:
+        while sum(a.acked for a in attempts) < 60:  # noqa: ASYNC110 (polls a count)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(enough_acked(), 20)
+    code = await asyncio.to_thread(server.stop)
+    assert code == 0, server.stderr_text()
+    await asyncio.wait_for(asyncio.gather(*pumps), 15)
+    for conn in conns:
+        assert await conn.wait_closed() == 1001
+    server.start()
+    report = check([a.as_sent() for a in attempts], await all_histories(h, users))
+    report.assert_ok(allow_unexpected=False)
+
+
+async def test_graceful_restart_closes_with_1001_and_keeps_history(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    b = await h.connect(bob)
+    conv = (await a.send("first", to=bob.name))["conv"]
+    group = (await a.ok("create_group", title="keep", members=[bob.name]))["conv"]
+    for i in range(30):
+        await (a if i % 3 else b).send(f"m{i}", conv=conv if i % 2 else group)
+    await b.ok("receipt", conv=conv, kind="read", seq=5)
+    before: dict[str, Any] = {}
+    for c in (conv, group):
+        status, before[c] = await h.http(
+            "GET",
+            f"/api/v1/conversations/{c}/messages",
+            token=bob.token,
+            params={"limit": "100"},
+        )
+        assert status == 200
+    listing_before = (await b.ok("conversations"))["conversations"]
+
+    assert await asyncio.to_thread(server.stop) == 0
+    assert await a.wait_closed() == 1001
+    assert await b.wait_closed() == 1001
+    server.start()
+
+    for c in (conv, group):
+        status, after = await h.http(
+            "GET",
+            f"/api/v1/conversations/{c}/messages",
+            token=bob.token,
+            params={"limit": "100"},
+        )
+        assert status == 200 and after == before[c]
+    b = await h.connect(bob, "again")
+    assert (await b.ok("conversations"))["conversations"] == listing_before
+    # and the next message continues the sequence
+    a = await h.connect(alice, "again")
+    nxt = await a.send("after restart", conv=conv)
+    assert nxt["seq"] == before[conv]["messages"][-1]["seq"] + 1

@@ -1,0 +1,363 @@
+"""Malformed and oversized frames (issue 2): every bad frame gets an `error`, never a crash.
+
+The table below is generated from a few valid base requests, each broken one field at a time,
+plus text that is not a JSON object at all. Every case must be answered by exactly one `error`
+frame with code `bad_request`, carrying the request's `id` when that id was valid (else `id`
+null), and the connection must still answer a `ping` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .client import Harness, Ws, dumps
+
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    text: str
+    rid: str | None  # the valid id the error must carry, or None for `id: null`
+
+
+def not_objects() -> list[Case]:
+    raw = [
+        "",
+        " ",
+        "not json",
+        "{",
+        "}",
+        "[]",
+        "[1, 2]",
+        "1",
+        "-1",
+        "1.5",
+        "true",
+        "false",
+        "null",
+        '"ping"',
+        "{'type': 'ping'}",
+        '{type: "ping"}',
+        '{"type": "ping",}',
+        '{"type": "ping", "id": "x",}',
+        '{"type": "ping", "id": "x"',
+        '{"type": "ping" "id": "x"}',
+        '{"type": "ping"} trailing',
+        '{"type": "ping", "id": "x"}{"type": "ping", "id": "y"}',
+        "NaN",
+        "\u0000",
+        "[" * 5000 + "]" * 5000,
+        '{"a":' * 3000 + "1" + "}" * 3000,
+        '{"type": "ping", "id": "x", "n": 1e999999}' + "x",
+        '{"type": "ping", "id": "x"} ]',
+    ]
+    return [Case(f"not-an-object:{t[:30]!r}", t, None) for t in raw]
+
+
+def broken(base: dict[str, Any], label: str, rid: str | None, **changes: Any) -> Case:
+    frame = dict(base)
+    for key, value in changes.items():
+        key = key.rstrip("_")
+        if value is MISSING:
+            frame.pop(key, None)
+        else:
+            frame[key] = value
+    if rid is not None:
+        frame["id"] = rid
+    else:
+        frame.pop("id", None)
+    return Case(label, dumps(frame), rid)
+
+
+def type_cases() -> list[Case]:
+    cases = []
+    bad_types: list[Any] = [
+        MISSING,
+        None,
+        1,
+        [],
+        {},
+        True,
+        "",
+        "PING",
+        "nope",
+        " ping",
+        "ping\u0000",
+        "ok",
+        "error",
+        "message",
+        "presence",
+        "x" * 10_000,
+    ]
+    for i, t in enumerate(bad_types):
+        for rid in (None, f"t{i}"):
+            cases.append(broken({"type": "ping"}, f"type={t!r:.20}/id={rid}", rid, type=t))
+    return cases
+
+
+def id_cases() -> list[Case]:
+    bad_ids: list[Any] = [1, 0, 1.5, [], {}, True, False, "x" * 65, "y" * 1000, ["a"]]
+    cases = []
+    for i, bad in enumerate(bad_ids):
+        frame = {"type": "ping", "id": bad}
+        cases.append(Case(f"id={bad!r:.20}#{i}", dumps(frame), None))
+        frame = {"type": "send", "id": bad, "to": "someone", "client_id": "c", "body": "x"}
+        cases.append(Case(f"send id={bad!r:.20}#{i}", dumps(frame), None))
+    return cases
+
+
+def request_cases(conv: str, group: str, peer: str, third: str) -> list[Case]:
+    """Each valid request of the protocol, broken one field at a time (all with a valid id)."""
+    n = 0
+
+    def rid() -> str:
+        nonlocal n
+        n += 1
+        return f"r{n}"
+
+    cases: list[Case] = []
+
+    def add(base: dict[str, Any], **changes: Any) -> None:
+        desc = ",".join(
+            f"{k}={'<missing>' if v is MISSING else repr(v)[:20]}" for k, v in changes.items()
+        )
+        cases.append(broken(base, f"{base['type']}:{desc}", rid(), **changes))
+
+    send = {"type": "send", "conv": conv, "client_id": "cid-ok", "body": "x"}
+    for v in (MISSING, None, 1, "", "c" * 65, [], {}, True):
+        add(send, client_id=v)
+    add(send, to=peer)  # both conv and to
+    add(send, conv=MISSING)  # neither
+    for v in (None, 1, [], {}, True):
+        add(send, conv=v)
+    for v in (None, 1, [], {}, True):
+        add(send, conv=MISSING, to=v)
+    for v in (MISSING, None, 1, [], {}, True, 1.5, ""):
+        add(send, body=v)
+    for v in ("x", {}, 1, [1], [None], [{}], [[]], True):
+        add(send, media=v)
+    for v in ("1", -1, 1.5, True, [], {}):
+        add(send, reply_to=v)
+
+    history = {"type": "history", "conv": conv}
+    for v in (MISSING, None, 1, [], {}, True):
+        add(history, conv=v)
+    for v in (0, 101, -1, "10", 1.5, True, [], 10**6):
+        add(history, limit=v)
+    for v in ("5", -1, 1.5, True, [], {}):
+        add(history, before=v)
+    for v in ("x", -1, [], 2.5, False):
+        add(history, after=v)
+    add(history, before=3, after=1)
+
+    receipt = {"type": "receipt", "conv": conv, "kind": "read", "seq": 1}
+    for v in (MISSING, None, 1, []):
+        add(receipt, conv=v)
+    for v in (MISSING, None, "seen", 1, "READ", []):
+        add(receipt, kind=v)
+    for v in (MISSING, None, "1", -1, 1.5, True, [], 999_999):
+        add(receipt, seq=v)
+
+    typing = {"type": "typing", "conv": conv, "state": "start"}
+    for v in (MISSING, None, "begin", 1, "START", []):
+        add(typing, state=v)
+    for v in (MISSING, None, 1, {}):
+        add(typing, conv=v)
+
+    create = {"type": "create_group", "title": "t", "members": [peer]}
+    for v in (None, 1, [], {}, True):
+        add(create, title=v)
+    for v in ("x", {}, 1, [1], [None], [[peer]], True):
+        add(create, members=v)
+
+    add_members = {"type": "add_members", "conv": group, "members": [third]}
+    for v in (MISSING, None, 1, []):
+        add(add_members, conv=v)
+    for v in (MISSING, None, "x", 1, [1], [None], {}):
+        add(add_members, members=v)
+
+    remove = {"type": "remove_member", "conv": group, "user": peer}
+    for v in (MISSING, None, 1, [], {}):
+        add(remove, user=v)
+    for v in (MISSING, None, 1):
+        add(remove, conv=v)
+
+    leave = {"type": "leave", "conv": group}
+    for v in (MISSING, None, 1, [], {}):
+        add(leave, conv=v)
+
+    update = {"type": "update_group", "conv": group, "title": "new"}
+    for v in (1, [], {}, True):
+        add(update, title=v)
+    for v in (MISSING, None, 1):
+        add(update, conv=v)
+
+    set_role = {"type": "set_role", "conv": group, "user": peer, "role": "admin"}
+    for v in (MISSING, None, "king", "ADMIN", 1, [], {}):
+        add(set_role, role=v)
+    for v in (MISSING, None, 1, []):
+        add(set_role, user=v)
+    for v in (MISSING, 1):
+        add(set_role, conv=v)
+
+    for kind in ("add_contact", "remove_contact"):
+        for v in (MISSING, None, 1, [], {}, True):
+            add({"type": kind, "user": third}, user=v)
+    return cases
+
+
+async def expect_bad_request(conn: Ws, case: Case) -> None:
+    if case.rid is not None:
+        reply = await conn.request_text(case.text, case.rid)
+    else:
+        await conn.send_raw(case.text)
+        reply = await conn.orphan()
+    assert reply["type"] == "error", (case.label, reply)
+    assert reply.get("code") == "bad_request", (case.label, reply)
+    assert isinstance(reply.get("message"), str) and reply["message"], (case.label, reply)
+    assert reply.get("id") == case.rid, (case.label, reply)
+    pong = await conn.request("ping")
+    assert pong["type"] == "ok", (case.label, pong)
+    assert conn.orphans == [], (case.label, "more than one reply", conn.orphans)
+    assert not conn.closed
+
+
+async def test_at_least_100_kinds_of_malformed_frames_each_get_bad_request(h: Harness) -> None:
+    me, peer, third = await h.users("fuzz", "peer", "third")
+    conn = await h.connect(me)
+    await h.connect(peer)
+    conv = (await conn.send("setup", to=peer.name))["conv"]
+    group = (await conn.ok("create_group", title="g", members=[peer.name]))["conv"]
+    before = await conn.ok("history", conv=conv)
+    group_before = await conn.ok("history", conv=group)
+
+    cases = (
+        not_objects()
+        + type_cases()
+        + id_cases()
+        + request_cases(conv, group, peer.name, third.name)
+    )
+    assert len(cases) >= 100
+    assert len({c.label for c in cases}) == len(cases), "labels must name each case"
+    failures = []
+    for case in cases:
+        try:
+            await expect_bad_request(conn, case)
+        except AssertionError as exc:
+            failures.append(f"{case.label}: {exc}")
+            if conn.closed:
+                break
+    assert not failures, f"{len(failures)}/{len(cases)} cases failed:\n" + "\n".join(failures)
+    # a failed request changes nothing
+    assert (await conn.ok("history", conv=conv))["messages"] == before["messages"]
+    after_group = await conn.ok("history", conv=group)
+    assert after_group["messages"] == group_before["messages"]
+
+
+async def test_typing_without_id_that_is_invalid_gets_id_null_error(h: Harness) -> None:
+    me, peer = await h.users("typer", "peer")
+    conn = await h.connect(me)
+    conv = (await conn.send("x", to=peer.name))["conv"]
+    await expect_bad_request(
+        conn, Case("typing-no-id", dumps({"type": "typing", "conv": conv, "state": "x"}), None)
+    )
+
+
+async def test_binary_frame_is_bad_request_and_connection_stays_open(h: Harness) -> None:
+    user = await h.user("binary")
+    conn = await h.connect(user)
+    for payload in (b"\x00\x01\x02", b"", b"{}"):
+        await conn.ws.send_bytes(payload)
+        reply = await conn.orphan()
+        assert reply["type"] == "error" and reply["code"] == "bad_request", reply
+        assert reply.get("id") is None
+        await conn.ok("ping")
+    assert conn.orphans == []
+
+
+async def test_valid_limits_are_accepted(h: Harness) -> None:
+    me, peer = await h.users("limits", "peer")
+    conn = await h.connect(me)
+    rid = "i" * 64
+    reply = await conn.request_frame({"type": "ping", "id": rid})
+    assert reply["type"] == "ok" and reply["id"] == rid
+    sent = await conn.send("x", to=peer.name, client_id="c" * 64)
+    assert sent["duplicate"] is False
+    long_body = "b" * 16384
+    sent = await conn.send(long_body, conv=sent["conv"])
+    page = await conn.ok("history", conv=sent["conv"], after=sent["seq"] - 1)
+    assert page["messages"][0]["body"] == long_body
+    assert (await conn.ok("history", conv=sent["conv"], limit=100))["more"] is False
+
+
+async def test_body_over_max_body_chars_is_refused(h: Harness) -> None:
+    me, peer = await h.users("toolong", "peer")
+    conn = await h.connect(me)
+    reply = await conn.error("send", to=peer.name, client_id="c1", body="b" * 16385)
+    assert reply["code"] in ("bad_request", "too_large"), reply
+    await conn.ok("ping")
+
+
+def frame_of_size(size: int, base: dict[str, Any], pad_key: str = "pad") -> str:
+    frame = dict(base, **{pad_key: ""})
+    overhead = len(dumps(frame).encode())
+    frame[pad_key] = "p" * (size - overhead)
+    text = dumps(frame)
+    assert len(text.encode()) == size
+    return text
+
+
+async def test_frame_of_exactly_64_kib_is_accepted(h: Harness) -> None:
+    user = await h.user("big")
+    conn = await h.connect(user)
+    text = frame_of_size(65536, {"type": "ping", "id": "big"})
+    reply = await conn.request_text(text, "big")
+    assert reply["type"] in ("ok", "error"), reply
+    await conn.ok("ping")
+    assert not conn.closed
+
+
+async def test_message_frame_of_exactly_64_kib_is_stored(h: Harness) -> None:
+    me, peer = await h.users("bigmsg", "peer")
+    conn = await h.connect(me)
+    base = {
+        "type": "send",
+        "id": "bigsend",
+        "to": peer.name,
+        "client_id": uuid.uuid4().hex,
+        "body": "",
+    }
+    room = 65536 - len(dumps(base).encode())
+    emoji, ascii_tail = divmod(room, 4)  # 4 UTF-8 bytes per emoji keeps the body <= 16384 chars
+    body = "😀" * emoji + "a" * ascii_tail
+    text = dumps(dict(base, body=body))
+    assert len(text.encode()) == 65536 and len(body) <= 16384
+    reply = await conn.request_text(text, "bigsend")
+    assert reply["type"] == "ok", reply
+    page = await conn.ok("history", conv=reply["conv"])
+    assert page["messages"][-1]["body"] == body
+
+
+@pytest.mark.parametrize("size", [65537, 70000, 1_000_000])
+async def test_frame_over_64_kib_closes_with_1009(h: Harness, size: int) -> None:
+    user = await h.user("huge")
+    conn = await h.connect(user)
+    await conn.send_raw(frame_of_size(size, {"type": "ping", "id": "huge"}))
+    assert await conn.wait_closed() == 1009
+    # and the server is fine
+    other = await h.connect(user, "after")
+    await other.ok("ping")
+
+
+def test_table_is_json_where_it_claims_to_be() -> None:
+    # guard against a table bug turning a valid frame into a test expecting bad_request
+    for case in request_cases("c", "g", "p", "t"):
+        frame = json.loads(case.text)
+        assert isinstance(frame, dict) and frame["id"] == case.rid
