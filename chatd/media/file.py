@@ -18,15 +18,16 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from chatd.errors import ConfigError, NotFound, TooLarge, Unavailable
 from chatd.media.base import BlobStore, check_key
 
 WRITE_BATCH = 1 << 20
+T = TypeVar("T")
 READ_CHUNK = 256 * 1024
 
 
@@ -39,6 +40,15 @@ def folder_from_url(url: str) -> Path:
     if not raw:
         raise ConfigError(f"the media URL {url!r} names no folder (use file:///abs/dir)")
     return Path(raw)
+
+
+async def _disk(call: Awaitable[T]) -> T:
+    """Await one disk operation, turning OS errors (disk full, permissions) into
+    ``Unavailable``."""
+    try:
+        return await call
+    except OSError as exc:
+        raise Unavailable(f"media folder I/O failed: {exc}")
 
 
 class FileBlobStore(BlobStore):
@@ -83,27 +93,23 @@ class FileBlobStore(BlobStore):
     ) -> int:
         final = self.path_for(key)
         tmp_path = self.tmp / f"{key}.{secrets.token_hex(8)}.part"
-        try:
-            fh: BinaryIO = await asyncio.to_thread(open, tmp_path, "xb")
-        except OSError as exc:
-            raise Unavailable(f"cannot write to the media folder: {exc}")
+        fh: BinaryIO = await _disk(asyncio.to_thread(open, tmp_path, "xb"))
         size = 0
         committed = False
         try:
             batch = bytearray()
+            # Errors of the source itself (the client went away) propagate unchanged.
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise TooLarge(f"upload is larger than {max_bytes} bytes")
                 batch += chunk
                 if len(batch) >= WRITE_BATCH:
-                    await asyncio.to_thread(fh.write, batch)
+                    await _disk(asyncio.to_thread(fh.write, batch))
                     batch = bytearray()
-            await asyncio.to_thread(self._commit, fh, bytes(batch), tmp_path, final)
+            await _disk(asyncio.to_thread(self._commit, fh, bytes(batch), tmp_path, final))
             committed = True
             return size
-        except OSError as exc:
-            raise Unavailable(f"cannot write to the media folder: {exc}")
         finally:
             if not committed:
                 await asyncio.to_thread(self._discard, fh, tmp_path)

@@ -23,7 +23,7 @@ failure, so a refused or broken upload never leaves an object (or billable parts
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +66,14 @@ def _flag(params: dict[str, str], name: str, default: bool) -> bool:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def _s3(call: Awaitable[Any]) -> Any:
+    """Await one S3 call, turning backend failures into ``Unavailable``."""
+    try:
+        return await call
+    except (ClientError, *_NETWORK_ERRORS) as exc:
+        raise Unavailable(f"s3 request failed: {exc}")
 
 
 class S3BlobStore(BlobStore):
@@ -185,61 +193,61 @@ class S3BlobStore(BlobStore):
         size = 0
         buf = bytearray()
         upload_id: str | None = None
-        etags: list[dict[str, Any]] = []
+        parts: list[dict[str, Any]] = []
+
+        async def send_part(body: bytes) -> None:
+            nonlocal upload_id
+            if upload_id is None:
+                created = await _s3(
+                    client.create_multipart_upload(
+                        Bucket=self.bucket, Key=name, ContentType=content_type
+                    )
+                )
+                upload_id = str(created["UploadId"])
+            number = len(parts) + 1
+            answer = await _s3(
+                client.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=body
+                )
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
         completed = False
         try:
+            # Errors of the source itself (the client went away) propagate unchanged.
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise TooLarge(f"upload is larger than {max_bytes} bytes")
                 buf += chunk
                 while len(buf) >= self.part_size:
-                    if upload_id is None:
-                        created = await client.create_multipart_upload(
-                            Bucket=self.bucket, Key=name, ContentType=content_type
-                        )
-                        upload_id = str(created["UploadId"])
                     part = bytes(buf[: self.part_size])
                     del buf[: self.part_size]
-                    number = len(etags) + 1
-                    answer = await client.upload_part(
-                        Bucket=self.bucket,
-                        Key=name,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=part,
-                    )
-                    etags.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    await send_part(part)
             if upload_id is None:
-                await client.put_object(
-                    Bucket=self.bucket, Key=name, Body=bytes(buf), ContentType=content_type
+                await _s3(
+                    client.put_object(
+                        Bucket=self.bucket, Key=name, Body=bytes(buf), ContentType=content_type
+                    )
                 )
             else:
-                if buf or not etags:
-                    number = len(etags) + 1
-                    answer = await client.upload_part(
+                if buf:
+                    await send_part(bytes(buf))
+                await _s3(
+                    client.complete_multipart_upload(
                         Bucket=self.bucket,
                         Key=name,
                         UploadId=upload_id,
-                        PartNumber=number,
-                        Body=bytes(buf),
+                        MultipartUpload={"Parts": parts},
                     )
-                    etags.append({"PartNumber": number, "ETag": answer["ETag"]})
-                await client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=name,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": etags},
                 )
             completed = True
             return size
-        except (ClientError, *_NETWORK_ERRORS) as exc:
-            raise Unavailable(f"s3 upload failed: {exc}")
         finally:
             if upload_id is not None and not completed:
-                # Shielding is not needed: on cancellation this runs before the task ends, and
-                # an abort that fails leaves only parts a bucket lifecycle rule can expire.
-                with contextlib.suppress(ClientError, *_NETWORK_ERRORS):
+                # On cancellation this still runs before the task ends; an abort that fails
+                # leaves only parts, never an object (a bucket lifecycle rule can expire them).
+                with contextlib.suppress(ClientError, Unavailable, *_NETWORK_ERRORS):
                     await client.abort_multipart_upload(
                         Bucket=self.bucket, Key=name, UploadId=upload_id
                     )

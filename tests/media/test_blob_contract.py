@@ -60,8 +60,8 @@ async def test_too_large_after_parts_were_sent_leaves_nothing(blobs: Blobs) -> N
 
 
 async def test_failing_source_leaves_nothing(blobs: Blobs) -> None:
-    class ClientGone(Exception):
-        pass
+    class ClientGone(ConnectionResetError):
+        """An OSError from the source: must not be mistaken for a backend failure."""
 
     async def broken() -> AsyncIterator[bytes]:
         for _ in range(7):
