@@ -54,6 +54,7 @@ from chatd.transport.keys import (
 from chatd.transport.ws import CLOSE_GOING_AWAY, WriteCoalescer, websocket_handler
 
 log = logging.getLogger("chatd")
+SLOW_CLIENT_TIMEOUT = 30.0
 
 
 def now_ms() -> int:
@@ -194,7 +195,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """Run until SIGTERM/SIGINT. ``ConfigError`` (an unreachable backend, a taken port)
     propagates before anything listens."""
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
+    # keepalive_timeout also bounds how long a connection may take to send its first request:
+    # headers that trickle in (slowloris) are cut off after it.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=10,
+        keepalive_timeout=SLOW_CLIENT_TIMEOUT,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
