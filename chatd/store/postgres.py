@@ -506,10 +506,13 @@ class PostgresStore(Store):
 
     async def _migrate(self) -> None:
         latest = MIGRATIONS[-1][0]
+        # Waiting for another process's migration, or building an index on a large table,
+        # may take longer than an ordinary statement.
+        slow = max(120.0, self._command_timeout)
         async with self._transaction() as conn:
             # Held until this transaction ends: a second process starting now waits here and
             # then finds every migration applied.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID, timeout=slow)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS chatd_migrations "
                 "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -522,7 +525,7 @@ class PostgresStore(Store):
                 )
             for version, sql in MIGRATIONS:
                 if version > current:
-                    await conn.execute(sql)
+                    await conn.execute(sql, timeout=slow)
                     await conn.execute(
                         "INSERT INTO chatd_migrations (version) VALUES ($1)", version
                     )
