@@ -31,7 +31,7 @@ from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
 from chatd.store import open_store
-from chatd.transport import http, static
+from chatd.transport import http, media_http, push_http, static
 from chatd.transport.events import FrameEvents
 from chatd.transport.keys import (
     ACCOUNTS,
@@ -135,6 +135,8 @@ def build_app(settings: Settings) -> web.Application:
     app[READY_CHECKS] = {"media": blobs.ping}
 
     http.add_routes(app)
+    media_http.add_routes(app)
+    push_http.add_routes(app)
     static.add_routes(app)
     app.router.add_get("/ws", websocket_handler)
     app.cleanup_ctx.append(_backends)
