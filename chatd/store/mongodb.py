@@ -596,8 +596,10 @@ class MongoStore(Store):
         lo, hi = sorted((user_a, user_b))
         # Usernames never hold a newline, so this names the unordered pair unambiguously.
         pair = f"{lo}\n{hi}"
+        # Spelled with $exists so that the planner can use the partial unique index.
+        by_pair: Doc = {"pair": {"$exists": True, "$eq": pair}}
         with self._guard():
-            found = await self._c("conversations").find_one({"pair": pair})
+            found = await self._c("conversations").find_one(by_pair)
             if found is not None:
                 return _conversation(found), False
 
@@ -635,7 +637,7 @@ class MongoStore(Store):
                 return _conversation(await self._transaction(create)), True
             except DuplicateKeyError:
                 # A concurrent creator of the same pair committed first: theirs it is.
-                found = await self._c("conversations").find_one({"pair": pair})
+                found = await self._c("conversations").find_one(by_pair)
         if found is None:
             raise Unavailable("the direct conversation was created concurrently; retry")
         return _conversation(found), False
