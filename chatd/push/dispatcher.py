@@ -31,6 +31,7 @@ Coalescing rule, per (user, conversation), with window ``W = coalesce_window_s``
 So a burst of 50 messages inside one window gives two notifications (the first message, then
 "49 new messages"), and a steady stream gives at most one notification per ``W`` seconds per
 user and conversation. Pending notifications are not sent if the dispatcher is closed first.
+Windows live in this process: messages sent through another chatd process have their own.
 
 The payload (JSON, the same for Web Push and webhooks)::
 
