@@ -48,6 +48,7 @@ from benchmarks.stats import Histogram
 
 TEXT = WSMsgType.TEXT
 SETUP_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 15.0
 monotonic_ns = time.monotonic_ns
 
 
@@ -182,10 +183,20 @@ class Pair:
             },
         )
         self.conv = str(reply["conv"])
-        while True:
-            frame = await receive_frame(self.receiver)
-            if frame.get("type") == "message" and frame.get("conv") == self.conv:
-                break
+
+        async def delivered() -> None:
+            while True:
+                frame = await receive_frame(self.receiver)
+                if frame.get("type") == "message" and frame.get("conv") == self.conv:
+                    return
+
+        try:
+            await asyncio.wait_for(delivered(), DELIVERY_TIMEOUT)
+        except TimeoutError:
+            raise DriverError(
+                f"set-up: the first message to {self.to} (conversation {self.conv}) was "
+                f"acknowledged but not delivered within {DELIVERY_TIMEOUT:.0f} s"
+            ) from None
         self.prefix = '{"type":"send","conv":"' + self.conv + '","client_id":"' + self.tag + "-"
 
     async def send(self, stamp: int) -> None:

@@ -182,6 +182,10 @@ def _bulk_copy(path: Path, conv: str, count: int, snowflake: Any, users: tuple[s
         db.executemany(f"INSERT INTO {table} ({','.join(columns)}) VALUES ({placeholders})", rows())
         conv_table, key = _find_table(db, {"last_seq"}, ("conv", "conv_id", "id"))
         db.execute(f"UPDATE {conv_table} SET last_seq = ? WHERE {key} = ?", (count, conv))
+        if "last_ts" in {r[1] for r in db.execute(f"PRAGMA table_info({conv_table})")}:
+            db.execute(
+                f"UPDATE {conv_table} SET last_ts = ? WHERE {key} = ?", (base["ts"] + count, conv)
+            )
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

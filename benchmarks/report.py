@@ -174,7 +174,8 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(Row(name, f"latency {pct} ms", cross.get(pct), relay.get(pct)))
     for key, value in results.items():
         if isinstance(value, dict) and "error" in value:
-            rows.append(Row(key, "FAILED", None, None, "", str(value["error"])[:120]))
+            first_line = str(value["error"]).splitlines()[0] if value["error"] else "?"
+            rows.append(Row(key, "FAILED", None, None, "", first_line[:160]))
     return rows
 
 

@@ -538,7 +538,7 @@ async def history(bench: Bench) -> None:
         )
         pair_accounts = [a for a in accounts if not a.user.startswith("hist_")]
         specs = pair_specs(pair_accounts, [server.ws_url], [server.ws_url])
-        bench.log("  1:1 with the 1,000,000-message store")
+        bench.log(f"  1:1 with the {opts.history_messages:,}-message store")
         full = await pairs_phase(bench, specs, [server])
         bench.log(f"    {fmt_pairs(full)}")
         result["full_1to1"] = full
@@ -594,7 +594,7 @@ async def cross(bench: Bench) -> None:
     workdir = bench.fresh_dir("cross-chatd")
     store = store_url_in(workdir)
     accounts = await accounts_for(bench, "chatd", workdir, usernames("p", 2 * opts.pairs), None)
-    bus = f"{opts.redis}?prefix=bench{secrets.token_hex(4)}:"
+    bus = f"{opts.redis}?prefix=bench{secrets.token_hex(4)}"
     servers: list[Server] = []
     try:
         for name in ("a", "b"):
