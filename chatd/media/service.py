@@ -82,6 +82,8 @@ class MediaService:
         clock: milliseconds since the epoch.
         new_id: a fresh media id (must be a safe storage key, see ``check_key``).
         max_image_pixels: images with more pixels get no thumbnail (decompression bombs).
+        max_concurrent_thumbnails: decoding an image can take ``4 * max_image_pixels`` bytes;
+            at most this many are decoded at once, whatever the number of uploads.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MediaService:
         clock: Callable[[], int],
         new_id: Callable[[], str],
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        max_concurrent_thumbnails: int = 2,
     ) -> None:
         if max_upload_bytes <= 0:
             raise ValueError("max_upload_bytes must be positive")
@@ -102,6 +105,7 @@ class MediaService:
         self.clock = clock
         self.new_id = new_id
         self.max_image_pixels = max_image_pixels
+        self._decoding = asyncio.Semaphore(max_concurrent_thumbnails)
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -168,9 +172,10 @@ class MediaService:
                 await asyncio.to_thread(spool.write, chunk)
             spool.seek(0)
             try:
-                thumb = await asyncio.to_thread(
-                    make_thumbnail, spool, mime, max_pixels=self.max_image_pixels
-                )
+                async with self._decoding:
+                    thumb = await asyncio.to_thread(
+                        make_thumbnail, spool, mime, max_pixels=self.max_image_pixels
+                    )
             except ImageRejected as exc:
                 log.info("media %s: no thumbnail: %s", media_id, exc)
                 return None

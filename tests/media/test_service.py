@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import itertools
@@ -154,3 +155,14 @@ async def test_presigned_only_when_enabled(media: MediaService) -> None:
     item = await media.upload("alice", chunked(b"a"), None, "a")
     headers = {"Content-Type": "text/plain", "Content-Disposition": "inline"}
     assert await media.presigned_url("alice", item.id, expires_s=60, headers=headers) is None
+
+
+async def test_concurrent_image_uploads_all_get_thumbnails(media: MediaService) -> None:
+    images = [png_bytes(400 + i, 300) for i in range(6)]
+    items = await asyncio.wait_for(
+        asyncio.gather(*(media.upload("alice", chunked(d), None, "p.png") for d in images)), 30
+    )
+    assert [(i.width, i.thumbnail_mime) for i in items] == [
+        (400 + n, "image/jpeg") for n in range(6)
+    ]
+    assert len({i.id for i in items}) == 6
