@@ -2,17 +2,17 @@
 
 * ``server``: one ``chatd serve`` shared by a whole test module (tests use unique usernames so
   they never interfere). A module sets ``SERVER_FLAGS = {...}`` to start it with flags.
-* ``server_factory``: start extra servers for one test (``server_factory(presence_grace=0.5)``);
-  all are stopped by pid at the end of the test.
+* ``server_factory`` (``chatd_server`` from ``tests/conftest.py``): start extra servers for one
+  test (``server_factory(presence_grace=0.5)``); all are stopped by pid at the end of the test.
 * ``h``: a :class:`~e2e.client.Harness` on ``server``; ``harness(other_server)`` makes more.
 
-When a test fails, the stderr of every server it used is attached to the report.
+When a test fails, the stderr of every server it used is attached to the report (the hook is
+in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,13 +23,9 @@ from .server import ChatdServer, ServerFactory
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
-    factory = ServerFactory(tmp_path / "chatd")
-    factory.base_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        yield factory
-    finally:
-        factory.close()
+def server_factory(chatd_server: ServerFactory) -> ServerFactory:
+    """The top-level ``chatd_server`` factory under the name these tests use."""
+    return chatd_server
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +72,3 @@ async def h(server: ChatdServer, harness: Callable[[ChatdServer], Harness]) -> H
     if not server.running():
         pytest.fail("the module's chatd server is not running:\n" + server.stderr_text())
     return harness(server)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    seen: set[int] = set()
-    for value in getattr(item, "funcargs", {}).values():
-        servers: list[ChatdServer] = []
-        if isinstance(value, ChatdServer):
-            servers = [value]
-        elif isinstance(value, ServerFactory):
-            servers = value.servers
-        elif isinstance(value, Harness):
-            servers = [value.server]
-        for s in servers:
-            if id(s) in seen:
-                continue
-            seen.add(id(s))
-            report.sections.append((f"chatd stderr (port {s.port})", s.stderr_text(tail=6000)))

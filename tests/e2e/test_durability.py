@@ -112,6 +112,7 @@ async def test_kill_9_while_four_clients_send(
     server.start()
     histories = await all_histories(h, users)
     report = check([a.as_sent() for a in attempts], histories)
+    print("after kill -9:", report.summary())  # shown when the test fails
     report.assert_ok(allow_unexpected=False)
     assert report.count("stored") == acked_before_kill
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from .client import Harness
+from .client import Harness, RawWs, dumps
 from .server import ChatdServer, ServerFactory
 
 
@@ -142,3 +142,36 @@ async def test_no_hello_closes_with_4408(
     started = time.monotonic()
     assert await conn.wait_closed(timeout=6) == 4408
     assert time.monotonic() - started >= 0.8
+
+
+async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory(heartbeat=0.3)
+    h = harness(server)
+    user = await h.user("heartbeat")
+    good = await h.connect(user, "good")  # aiohttp answers pings on its own
+    assert good.hello is not None and good.hello["heartbeat"] == 0.3
+
+    silent = await RawWs.connect(server)  # reads, but never answers a ping
+    await silent.send_text(dumps({"type": "hello", "id": "h", "token": user.token}))
+    assert (await silent.read_json())["type"] == "ok"
+    pings = 0
+    started = time.monotonic()
+    while True:
+        try:
+            opcode, _ = await asyncio.wait_for(silent.read_frame(), 5)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break
+        if opcode == 9:
+            pings += 1
+        elif opcode == 8:
+            break
+        if time.monotonic() - started > 4:
+            break
+    silent.close()
+    assert pings >= 1, "the server sent no WebSocket ping"
+    assert time.monotonic() - started < 4, "a client that never pongs was kept too long"
+    await asyncio.sleep(0.5)
+    assert not good.closed
+    await good.ok("ping")
