@@ -540,7 +540,8 @@ class PostgresStore(Store):
             pool.terminate()
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
+        """``SELECT 1``, bounded by two seconds for the connection and two for the answer."""
+        async with self._connection(acquire_timeout=min(2.0, self._acquire_timeout)) as conn:
             await conn.fetchval("SELECT 1", timeout=min(2.0, self._command_timeout))
 
     async def schema_version(self) -> int:
@@ -552,13 +553,15 @@ class PostgresStore(Store):
     # -- plumbing --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(
+        self, *, acquire_timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection, within ``acquire_timeout``; driver errors mapped."""
         pool = self._pool
         if pool is None:
             raise Unavailable("the PostgreSQL store is not started")
         with _mapped_errors():
-            async with pool.acquire(timeout=self._acquire_timeout) as conn:
+            async with pool.acquire(timeout=acquire_timeout or self._acquire_timeout) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager
