@@ -28,7 +28,7 @@ from chatd.push.options import PushOptions
 if TYPE_CHECKING:  # importing it needs cryptography, which only the webpush extra brings
     from chatd.push.vapid import VapidKeys
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # not `log`: chatd.push.log is a submodule
 
 # provider name -> (module, class, pip extra that provides its dependencies)
 PROVIDERS: dict[str, tuple[str, str, str | None]] = {
@@ -131,16 +131,24 @@ def open_push(
 
 def _load_vapid(options: PushOptions, *, required: bool) -> VapidKeys | None:
     try:
-        from chatd.push.vapid import VapidKeys
+        from chatd.push.vapid import VapidKeys, check_subject
     except ImportError as exc:
         if required:
             raise ConfigError(
                 f"the webpush push provider needs a package that is missing ({exc.name}); "
                 "install it with: pip install 'chatd[webpush]'"
             )
-        log.info("no VAPID keys: %s is not installed (web push subscriptions disabled)", exc.name)
+        logger.info("no VAPID keys: %s is not installed (no web push subscriptions)", exc.name)
         return None
-    return VapidKeys.load_or_create(options.data_dir, options.vapid_subject)
+    if required:
+        return VapidKeys.load_or_create(options.data_dir, options.vapid_subject)
+    check_subject(options.vapid_subject)  # a wrong setting is an error in every mode
+    try:
+        return VapidKeys.load_or_create(options.data_dir, options.vapid_subject)
+    except ConfigError as exc:
+        # Only a convenience in log mode: a read-only data dir must not stop the server.
+        logger.warning("no VAPID keys, web push subscriptions disabled: %s", exc)
+        return None
 
 
 __all__ = ["PROVIDERS", "PushOptions", "PushProviders", "PushResult", "PushSender", "open_push"]

@@ -67,8 +67,20 @@ def test_bad_provider_names_are_refused(tmp_path: Path, spec: str, needle: str) 
 
 
 def test_bad_vapid_subject_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="mailto"):
-        open_push("webpush", data_dir=tmp_path, vapid_subject="ops@example.org")
+    for spec in ("webpush", "log"):
+        with pytest.raises(ConfigError, match="mailto"):
+            open_push(spec, data_dir=tmp_path, vapid_subject="ops@example.org")
+
+
+def test_unwritable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    # log mode only loses the keys (and says so); webpush cannot start without them.
+    providers = open_push("log", data_dir=blocker / "data")
+    assert providers.vapid is None and not providers.accepts("webpush")
+    assert providers.accepts("webhook")
+    with pytest.raises(ConfigError, match="cannot read or create the VAPID key"):
+        open_push("webpush", data_dir=blocker / "data")
 
 
 def test_vapid_key_is_created_once_and_kept(tmp_path: Path) -> None:
