@@ -264,6 +264,30 @@ async def test_restarted_server_id_cleans_its_previous_run(
     await eventually(lambda: rec_b.offline == [["stale"]], 3, "stale user announced offline")
 
 
+async def test_lost_heartbeat_makes_the_server_reassert_exactly_its_users(
+    redis_base: str, prefix: str, make_bus: BusFactory
+) -> None:
+    # As after a partition longer than ttl: the registry missed a detach (it raised
+    # Unavailable) and this server's heartbeat key vanished. The next beat notices, puts back
+    # what the server really holds and announces the users nobody holds any more.
+    # One server only: another one's reaper could clean up after "a" first (also correct).
+    a, rec_a = await make_bus(redis_bus_url(redis_base, prefix), "a")
+    await a.attach("kept")
+    client = aioredis.Redis.from_url(redis_base)
+    try:
+        await client.sadd(f"{prefix}:s:a", "missed-detach")  # type: ignore[misc]
+        await client.sadd(f"{prefix}:u:missed-detach", "a")  # type: ignore[misc]
+        await client.srem(f"{prefix}:u:kept", "a")  # type: ignore[misc]
+        await client.delete(f"{prefix}:hb:a")
+    finally:
+        await client.aclose()
+    await eventually(lambda: rec_a.offline == [["missed-detach"]], 3, "stale user announced")
+    assert await raw_smembers(redis_base, f"{prefix}:u:kept") == {"a"}
+    assert await raw_exists(redis_base, f"{prefix}:u:missed-detach") == 0
+    assert await raw_smembers(redis_base, f"{prefix}:s:a") == {"kept"}
+    assert await raw_exists(redis_base, f"{prefix}:hb:a") == 1
+
+
 async def test_many_users_locate_in_one_call(
     redis_base: str, prefix: str, make_bus: BusFactory
 ) -> None:
