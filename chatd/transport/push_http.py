@@ -122,13 +122,13 @@ async def create_subscription(request: web.Request) -> web.Response:
     store = request.app[STORE]
     existing = await store.push_subscriptions([session.user])
     target = data.get("endpoint") if kind == "webpush" else data.get("url")
-    for old in existing:
-        if old.kind == kind and _target(old) == target:
-            await store.delete_push_subscription(session.user, old.id)
-    if len([s for s in existing if _target(s) != target]) >= MAX_SUBSCRIPTIONS_PER_USER:
+    replaced = [old for old in existing if old.kind == kind and _target(old) == target]
+    if len(existing) - len(replaced) >= MAX_SUBSCRIPTIONS_PER_USER:
         raise Conflict(
             f"at most {MAX_SUBSCRIPTIONS_PER_USER} push subscriptions per user; delete one first"
         )
+    for old in replaced:
+        await store.delete_push_subscription(session.user, old.id)
     sub = PushSubscription(
         id=secrets.token_urlsafe(12),
         user=session.user,

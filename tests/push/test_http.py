@@ -145,6 +145,20 @@ async def test_subscribe_list_and_delete(api: Api) -> None:
     assert [s.id for s in await api.app[STORE].push_subscriptions(["alice"])] == [webpush_id]
 
 
+async def test_at_most_20_subscriptions_per_user(api: Api) -> None:
+    for i in range(20):
+        hook = {"kind": "webhook", "url": f"https://hooks.example.org/{i}"}
+        assert (await api.call("POST", "/api/v1/push/subscriptions", json=hook))[0] == 201
+    status, body = await api.call(
+        "POST", "/api/v1/push/subscriptions", json={"kind": "webhook", "url": "https://h.example/x"}
+    )
+    assert status == 409 and body["error"]["code"] == "conflict"
+    # Re-subscribing an existing endpoint is still allowed: it replaces, not adds.
+    again = {"kind": "webhook", "url": "https://hooks.example.org/3"}
+    assert (await api.call("POST", "/api/v1/push/subscriptions", json=again))[0] == 201
+    assert len(await api.app[STORE].push_subscriptions(["alice"])) == 20
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
