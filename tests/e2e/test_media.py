@@ -14,11 +14,16 @@ from typing import Any
 
 from PIL import Image
 
+from chatd.media import open_media
+from chatd.media.s3 import S3BlobStore
+from tests.media.conftest import moto_endpoint, s3_url
+
 from .client import Harness, User
 from .server import ChatdServer, ServerFactory
 
 MiB = 1024 * 1024
 TIMEOUT = 30.0
+__all__ = ["moto_endpoint"]  # the fixture, shared with tests/media
 
 
 def png(width: int, height: int) -> bytes:
@@ -222,3 +227,43 @@ async def test_a_20_mib_upload_is_streamed(h: Harness, server: ChatdServer) -> N
     assert meta["sha256"] == digest.hexdigest()
     growth_mib = (peak - before) / 1024
     assert growth_mib < 10, f"server RSS grew by {growth_mib:.1f} MiB during a 20 MiB upload"
+
+
+async def test_s3_backend_end_to_end(
+    server_factory: ServerFactory, harness: Any, moto_endpoint: str
+) -> None:
+    url = s3_url(moto_endpoint)
+    server: ChatdServer = server_factory(media=url, max_upload_bytes=6 * MiB)
+    h: Harness = harness(server)
+    alice, bob = await h.users("alice", "bob")
+    picture = jpeg(1000, 800)
+    status, meta = await upload(h, alice, picture, "photo.jpg")
+    assert status == 201, meta
+    a_ws = await h.connect(alice)
+    await a_ws.ok(
+        "send", to=bob.name, client_id=uuid.uuid4().hex, body="", media=[meta["media_id"]]
+    )
+    status, body, _ = await download(h, bob, f"/api/v1/media/{meta['media_id']}")
+    assert (status, body) == (200, picture)
+    status, thumb, _ = await download(h, bob, f"/api/v1/media/{meta['media_id']}/thumbnail")
+    assert status == 200 and max(Image.open(io.BytesIO(thumb)).size) == 320
+
+    # Past the limit after a multipart part went out: 413, and the bucket holds only the
+    # photo and its thumbnail, with no unfinished upload.
+    async def big() -> AsyncIterator[bytes]:
+        for _ in range(7 * 4):
+            yield os.urandom(MiB // 4)
+
+    status, body = await upload(h, alice, big(), "big.bin")
+    assert status == 413
+    blobs = open_media(url)
+    await blobs.start()
+    try:
+        assert isinstance(blobs, S3BlobStore)
+        listing = await blobs.client.list_objects_v2(Bucket=blobs.bucket)
+        keys = sorted(o["Key"] for o in listing.get("Contents", []))
+        assert keys == [meta["media_id"], f"{meta['media_id']}.thumb"]
+        uploads = await blobs.client.list_multipart_uploads(Bucket=blobs.bucket)
+        assert uploads.get("Uploads", []) == []
+    finally:
+        await blobs.close()
