@@ -23,7 +23,6 @@ from chatd.push.webhook import WebhookSender
 from chatd.service.chat import ChatService
 from chatd.store import open_store
 from chatd.transport.keys import CHAT, PUSH, PUSH_PROVIDERS, STORE
-from chatd.transport.push_http import add_routes
 from tests.push.conftest import Browser, Presence, PushService
 
 # chatd.transport.auth caches the session under a str request key, which aiohttp 3.14 warns
@@ -55,9 +54,6 @@ class Api:
 async def start_api(data_dir: Path, http: aiohttp.ClientSession, push: str = "log") -> Api:
     settings = Settings(store="memory://", data_dir=str(data_dir), push=push)
     app = build_app(settings)
-    routes = {getattr(r.resource, "canonical", None) for r in app.router.routes()}
-    if "/api/v1/push/subscriptions" not in routes:  # until chatd.app adds them itself
-        add_routes(app)
     server = TestServer(app, host="127.0.0.1")
     await asyncio.wait_for(server.start_server(), 10)
     api = Api(server, http, {})
