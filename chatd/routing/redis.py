@@ -534,11 +534,12 @@ class RedisBus(Bus):
                 if self._pubsub is None:
                     self._pubsub = await self._subscribe()
                     pause = first
-                    log.info("redis bus: resubscribed to %s", self._channel)
+                    log.info("redis bus %s: resubscribed to %s", self.server_id, self._channel)
                     self._mark_up()
-                    self._resync_needed = True
+                    # Beat now rather than in a while: if Redis restarted, the beat finds its
+                    # key gone and re-registers this server's users.
                     assert self._wake is not None
-                    self._wake.set()  # beat and re-register now rather than in a while
+                    self._wake.set()
                 await self._read(self._pubsub)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
@@ -606,7 +607,7 @@ class RedisBus(Bus):
             if changes == self._changes:
                 break
         self._resync_needed = False
-        log.info("redis bus: registered the %d users this server holds", len(users))
+        log.info("redis bus %s: registered the %d users it holds", self.server_id, len(users))
         if gone:
             await self._announce_offline(gone)
 
@@ -720,14 +721,16 @@ class RedisBus(Bus):
         if not self._down:
             self._down = True
             log.warning(
-                "redis bus: lost redis (%s); cross-server delivery paused, retrying", _why(exc)
+                "redis bus %s: lost redis (%s); cross-server delivery paused, retrying",
+                self.server_id,
+                _why(exc),
             )
 
     def _mark_up(self) -> None:
         if self._down:
             self._down = False
             self._resync_needed = True
-            log.info("redis bus: redis answers again")
+            log.info("redis bus %s: redis answers again", self.server_id)
             if self._wake is not None:
                 self._wake.set()
 

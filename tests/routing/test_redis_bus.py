@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from chatd.errors import ConfigError, Unavailable
 from chatd.routing import open_bus
 from chatd.routing.redis import RedisBus, RedisBusOptions, redact
+from tests.conftest import free_port
 
 from .conftest import BusFactory, PrivateRedis, eventually, redis_bus_url
 
@@ -81,8 +82,6 @@ def test_passwords_are_hidden_in_messages() -> None:
 
 
 async def test_unreachable_redis_is_a_config_error_at_start() -> None:
-    from tests.conftest import free_port
-
     bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0?timeout=1", "s1")
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"cannot reach redis at redis://127\.0\.0\.1:") as caught:
