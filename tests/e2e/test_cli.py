@@ -91,3 +91,54 @@ async def test_user_add_then_login(
     await conn.ok("ping")
     # registration is closed, yet operator-made users work
     assert (await h.register("eve_new"))[0] == 403
+
+
+async def test_user_disable_enable_and_passwd_against_a_running_server(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    user = await h.user("ops")
+    data = ["--data-dir", str(server.data_dir)]
+
+    result = run_cli("user", "disable", user.name, *data)
+    assert result.returncode == 0, result.stderr
+    assert (await h.login(user.name))[0] == 401
+    status, body = await h.http("GET", "/api/v1/me", token=user.token)
+    assert status == 401, body
+
+    result = run_cli("user", "enable", user.name, *data)
+    assert result.returncode == 0, result.stderr
+    status, body = await h.login(user.name)
+    assert status == 201, body
+    token = body["token"]
+
+    result = run_cli("user", "passwd", user.name.upper(), *data, stdin="a-brand-new-pass\n")
+    assert result.returncode == 0, result.stderr
+    assert (await h.login(user.name))[0] == 401  # the old password
+    assert (await h.login(user.name, "a-brand-new-pass"))[0] == 201
+    status, _ = await h.http("GET", "/api/v1/me", token=token)
+    assert status == 401, "changing the password ends the user's sessions"
+
+
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (["user", "add", "dupe_user"], "long-enough-pw\n"),  # the second time
+        (["user", "add", "short_pw"], "short\n"),
+        (["user", "add", "bad name!"], "long-enough-pw\n"),
+        (["user", "disable", "nobody_here"], None),
+        (["user", "passwd", "nobody_here"], "long-enough-pw\n"),
+    ],
+)
+def test_user_command_errors_are_one_clear_line(
+    tmp_path: Path, args: list[str], stdin: str | None
+) -> None:
+    first = run_cli(
+        "user", "add", "dupe_user", "--data-dir", str(tmp_path), stdin="long-enough-pw\n"
+    )
+    assert first.returncode == 0, first.stderr
+    result = run_cli(*args, "--data-dir", str(tmp_path), stdin=stdin)
+    assert result.returncode != 0, (args, result.stdout)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
