@@ -40,6 +40,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_CONNECTIONS = 64  # per process; the URL's max_connections overrides it
+MIN_REDIS_VERSION = (6, 2)
 REAP_BATCH = 500  # users cleaned per script call: keeps each call short for Redis
 RESUBSCRIBE_BACKOFF = (0.1, 2.0)  # first and longest pause between subscriber reconnects
 _LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -375,7 +377,14 @@ class RedisBus(Bus):
             self._scripts[name] = client.register_script(text)
         try:
             async with asyncio.timeout(opts.timeout * 2):
-                await client.ping()
+                info = await client.info("server")
+                version = str(info.get("redis_version", "0"))
+                if _version_tuple(version) < MIN_REDIS_VERSION:
+                    await self._close_client()
+                    raise ConfigError(
+                        f"the redis bus needs Redis 6.2 or later (SET ... GET); "
+                        f"{redact(opts.redis_url)} runs {version}"
+                    )
                 # A previous run with this server id may have died and left entries behind:
                 # they are stale (that run's sockets are gone), so clean them before anyone
                 # can mistake them for live connections; their users are announced offline
@@ -733,6 +742,15 @@ class RedisBus(Bus):
             log.info("redis bus %s: redis answers again", self.server_id)
             if self._wake is not None:
                 self._wake.set()
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> ``(7, 0)``; ``"8.0-rc1"`` -> ``(8, 0)``."""
+    numbers: list[int] = []
+    for part in version.split(".")[:2]:
+        digits = re.match(r"\d*", part)
+        numbers.append(int(digits.group() or 0) if digits else 0)
+    return tuple(numbers)
 
 
 def _why(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from chatd.errors import ConfigError, Unavailable
 from chatd.routing import open_bus
-from chatd.routing.redis import RedisBus, RedisBusOptions, redact
+from chatd.routing.redis import MIN_REDIS_VERSION, RedisBus, RedisBusOptions, _version_tuple, redact
 from tests.conftest import free_port
 
 from .conftest import BusFactory, PrivateRedis, eventually, redis_bus_url
@@ -74,6 +74,12 @@ def test_bad_urls_are_one_line_config_errors(url: str, complaint: str) -> None:
 def test_bad_server_id_is_refused() -> None:
     with pytest.raises(ConfigError, match="server id"):
         RedisBus("redis://127.0.0.1:6379/0", "has space")
+
+
+def test_redis_versions_compare_by_major_and_minor() -> None:
+    assert _version_tuple("7.0.15") == (7, 0)
+    assert _version_tuple("8.0-rc1") == (8, 0)
+    assert _version_tuple("6.2.0") >= MIN_REDIS_VERSION > _version_tuple("6.0.20")
 
 
 def test_passwords_are_hidden_in_messages() -> None:
