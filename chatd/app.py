@@ -50,8 +50,9 @@ from chatd.transport.keys import (
     SERVER_ID,
     SETTINGS,
     STORE,
+    ReadyCheck,
 )
-from chatd.transport.ws import CLOSE_GOING_AWAY, WriteCoalescer, websocket_handler
+from chatd.transport.ws import CLOSE_GOING_AWAY, Connection, WriteCoalescer, websocket_handler
 
 log = logging.getLogger("chatd")
 SLOW_CLIENT_TIMEOUT = 30.0
@@ -73,12 +74,19 @@ def build_app(settings: Settings) -> web.Application:
     bus = open_bus(settings.bus, server_id)
     blobs = open_media(settings.media_url)
     providers = open_push(
-        settings.push, data_dir=settings.data_dir, vapid_subject=settings.vapid_subject
+        settings.push,
+        data_dir=settings.data_dir,
+        vapid_subject=settings.vapid_subject,
+        allow_private_hosts=settings.push_allow_private_hosts,
     )
     router = Router(bus)
     events = FrameEvents(router)
     push = PushDispatcher(
-        store, providers.senders, is_online=bus.online, previews=settings.push_previews
+        store,
+        providers.senders,
+        is_online=bus.online,
+        previews=settings.push_previews,
+        coalesce_window_s=settings.push_coalesce_seconds,
     )
     snowflake = ids.Snowflake(ids.worker_number(server_id))
     chat = ChatService(
@@ -126,13 +134,14 @@ def build_app(settings: Settings) -> web.Application:
     app[ACCOUNTS] = accounts
     app[PRESENCE] = presence
     app[METRICS] = metrics
-    app[CONNECTIONS] = weakref.WeakSet()
+    app[CONNECTIONS] = weakref.WeakSet[Connection]()
     app[COALESCER] = WriteCoalescer()
     app[BLOBS] = blobs
     app[MEDIA_SERVICE] = media
     app[PUSH_PROVIDERS] = providers
     app[PUSH] = push
-    app[READY_CHECKS] = {"media": blobs.ping}
+    ready_checks: dict[str, ReadyCheck] = {"media": blobs.ping}
+    app[READY_CHECKS] = ready_checks
 
     http.add_routes(app)
     media_http.add_routes(app)
@@ -149,11 +158,12 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     started: list[Callable[[], Awaitable[None]]] = [store.close]
     try:
-        for start, stop in (
+        steps: tuple[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], ...] = (
             (blobs.start, blobs.close),
             (router.start, router.close),
             (push.start, push.close),
-        ):
+        )
+        for start, stop in steps:
             await start()
             started.append(stop)
     except BaseException:
@@ -174,7 +184,8 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     """Shutdown: tell every client we are going away (1001) so it reconnects elsewhere."""
-    sockets = list(app[CONNECTIONS])
+    connections: weakref.WeakSet[Connection] = app[CONNECTIONS]
+    sockets = list(connections)
     closing = [
         conn.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for conn in sockets
     ]

@@ -10,7 +10,7 @@ import asyncio
 import getpass
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -77,7 +77,7 @@ def _setup_logging(settings: Settings) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _run_loop(main: Callable[[], Awaitable[Any]], use_uvloop: bool) -> Any:
+def _run_loop(main: Callable[[], Coroutine[Any, Any, Any]], use_uvloop: bool) -> Any:
     """Run on uvloop when it is installed and wanted: it roughly halves per-frame overhead."""
     if use_uvloop:
         try:

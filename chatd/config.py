@@ -52,6 +52,8 @@ class Settings:
     login_attempts_per_minute: int = 10
     # Push
     push_previews: bool = True
+    push_coalesce_seconds: float = 10.0
+    push_allow_private_hosts: bool = False
     vapid_subject: str = "mailto:admin@localhost"
     # Operations
     metrics_host: str = ""
@@ -202,6 +204,8 @@ _HELP: dict[str, str] = {
     "session_recheck_seconds": "how often an open socket re-checks its session",
     "login_attempts_per_minute": "failed logins per username and per address per minute",
     "push_previews": "include a message preview in push notifications",
+    "push_coalesce_seconds": "fold a user's pushes for one conversation within this window",
+    "push_allow_private_hosts": "allow push endpoints on private or loopback addresses",
     "vapid_subject": "contact URI sent to Web Push services",
     "metrics_host": "serve /metrics on another address too (empty: only on the main port)",
     "metrics_port": "port for metrics_host",

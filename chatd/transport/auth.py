@@ -8,7 +8,7 @@ from chatd.errors import Unauthorized
 from chatd.models import Session
 from chatd.transport.keys import ACCOUNTS
 
-SESSION_KEY = "chatd.session"
+SESSION_KEY: web.RequestKey[Session] = web.RequestKey("session", Session)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -21,8 +21,8 @@ def bearer_token(request: web.Request) -> str | None:
 
 async def authenticate(request: web.Request) -> Session:
     """The caller's live session; ``Unauthorized`` (401) otherwise. Cached per request."""
-    cached = request.get(SESSION_KEY)
-    if isinstance(cached, Session):
+    cached: Session | None = request.get(SESSION_KEY)
+    if cached is not None:
         return cached
     token = bearer_token(request)
     if token is None:

@@ -21,6 +21,7 @@ from chatd.transport.keys import (
     READY_CHECKS,
     SETTINGS,
     STORE,
+    ReadyCheck,
 )
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks: dict[str, Callable[[], Awaitable[None]]] = {
+    extra: dict[str, ReadyCheck] = request.app[READY_CHECKS]
+    checks: dict[str, ReadyCheck] = {
         "store": request.app[STORE].ping,
         "bus": request.app[BUS].ping,
-        **request.app[READY_CHECKS],
+        **extra,
     }
 
     async def run(check: Callable[[], Awaitable[None]]) -> str:

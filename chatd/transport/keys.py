@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -32,10 +33,11 @@ CHAT: web.AppKey[ChatService] = web.AppKey("chat")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SERVER_ID: web.AppKey[str] = web.AppKey("server_id")
 CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("connections")
+ReadyCheck = Callable[[], Awaitable[None]]
 BLOBS: web.AppKey[BlobStore] = web.AppKey("blobs")
 MEDIA_SERVICE: web.AppKey[MediaService] = web.AppKey("media_service")
 PUSH_PROVIDERS: web.AppKey[PushProviders] = web.AppKey("push_providers")
 PUSH: web.AppKey[PushDispatcher] = web.AppKey("push")
 # Named readiness probes for /readyz beyond store and bus (media adds one).
 COALESCER: web.AppKey[WriteCoalescer] = web.AppKey("coalescer")
-READY_CHECKS: web.AppKey[dict[str, Any]] = web.AppKey("ready_checks")
+READY_CHECKS: web.AppKey[dict[str, ReadyCheck]] = web.AppKey("ready_checks")

@@ -227,10 +227,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     metrics = app[METRICS]
     metrics.ws_opened += 1
     try:
-        session = await _hello(request, ws, settings, header_token)
-        if session is None:
+        hello = await _hello(request, ws, settings, header_token)
+        if hello is None:
             return ws
-        await _serve(request, ws, settings, session)
+        await _serve(request, ws, settings, *hello)
     finally:
         metrics.ws_closed += 1
     return ws
@@ -245,7 +245,8 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
 
 async def _hello(
     request: web.Request, ws: web.WebSocketResponse, settings: Settings, header_token: str | None
-) -> Session | None:
+) -> tuple[Session, str | None] | None:
+    """Wait for ``hello`` and authenticate; ``(session, hello's id)`` or None if refused."""
     app = request.app
     while True:
         try:
@@ -301,12 +302,15 @@ async def _hello(
                 session.created_at,
                 session.expires_at,
             )
-        request["chatd.hello_id"] = request_frame.id
-        return session
+        return session, request_frame.id
 
 
 async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, settings: Settings, session: Session
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    settings: Settings,
+    session: Session,
+    hello_id: str | None,
 ) -> None:
     app = request.app
     router = app[ROUTER]
@@ -322,7 +326,7 @@ async def _serve(
     app[CONNECTIONS].add(conn)
     conn.send_payload(
         frames.ok(
-            request.get("chatd.hello_id"),
+            hello_id,
             {
                 "user": session.user,
                 "connection": conn.id,
