@@ -183,6 +183,23 @@ async def test_several_stores_appending_to_one_conversation_get_seqs_1_to_300(
         await asyncio.gather(*(s.close() for s in stores))
 
 
+async def test_an_append_is_one_statement_and_a_release_sends_nothing(database_url: str) -> None:
+    store = PostgresStore(f"{database_url}?pool_min=1&pool_max=1")
+    await bounded(store.start())
+    try:
+        await _group(store, "g1", ["alice", "bob"])
+        queries: list[str] = []
+        assert store._pool is not None
+        # White box: the pool's one connection, watched for every statement it sends.
+        async with store._pool.acquire() as conn:
+            conn.add_query_logger(lambda record: queries.append(record.query))
+        await store.append_message(msg("g1", "alice", "c1"))
+        await store.append_message(msg("g1", "alice", "c1"))  # a retry: the same one statement
+        assert [q.split("(")[0] for q in queries] == ["SELECT * FROM chatd_append"] * 2
+    finally:
+        await bounded(store.close())
+
+
 async def test_racing_retries_across_stores_store_one_message_and_no_gap(
     database_url: str,
 ) -> None:
