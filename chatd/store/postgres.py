@@ -305,6 +305,10 @@ def parse_url(url: str) -> tuple[str, dict[str, int], dict[str, float]]:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"not a PostgreSQL URL: {redact(url)!r}")
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError as exc:
+        raise ConfigError(f"bad PostgreSQL URL {redact(url)!r}: {exc}")
     ints = dict(_INT_OPTIONS)
     floats = dict(_FLOAT_OPTIONS)
     rest: list[tuple[str, str]] = []
@@ -499,7 +503,13 @@ class PostgresStore(Store):
                 # Opening pool_min connections, each bounded by connect_timeout.
                 timeout=self._connect_timeout * (1 + self._pool_min),
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,  # a DSN asyncpg cannot parse
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"cannot reach PostgreSQL at {redact(self.url)}: {detail}")
         self._pool = pool

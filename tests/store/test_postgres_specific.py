@@ -110,12 +110,33 @@ def test_url_options_are_taken_out_of_the_dsn() -> None:
 
 
 @pytest.mark.parametrize(
-    "query",
-    ["pool_max=0", "pool_min=5&pool_max=2", "pool_max=many", "command_timeout=0", "pool_min=-1"],
+    "url",
+    [
+        *(
+            f"postgresql://postgres@127.0.0.1/test?{query}"
+            for query in (
+                "pool_max=0",
+                "pool_min=5&pool_max=2",
+                "pool_max=many",
+                "command_timeout=0",
+                "pool_min=-1",
+            )
+        ),
+        "postgresql://postgres@127.0.0.1:port/test",
+    ],
 )
-def test_bad_url_options_are_one_line_config_errors(query: str) -> None:
+def test_bad_urls_are_one_line_config_errors(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        PostgresStore(f"postgresql://postgres@127.0.0.1/test?{query}")
+        PostgresStore(url)
+    assert "\n" not in str(info.value)
+
+
+async def test_a_missing_database_at_start_is_a_one_line_config_error(postgres_url: str) -> None:
+    # postgres_url (tests/conftest.py) makes sure the server itself answers.
+    base, _, _ = postgres_url.rpartition("/")
+    store = PostgresStore(f"{base}/chatd_no_such_database_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        await bounded(store.start(), 15)
     assert "\n" not in str(info.value)
 
 
