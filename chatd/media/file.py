@@ -4,7 +4,8 @@ Layout: ``<dir>/<aa>/<bb>/<key>`` where ``aa``/``bb`` are the first hex digits o
 SHA-256 (so no folder grows past a few thousand entries whatever the id scheme), and
 ``<dir>/tmp/`` for uploads in progress. An upload is written to ``tmp/``, fsynced, then renamed
 into place, so a reader never sees a partial blob and a crash leaves at most a stray file in
-``tmp/`` (cleared at start).
+``tmp/`` (removed at a later start once it is an hour old: several processes may share the
+folder).
 
 Disk I/O runs in worker threads (``asyncio.to_thread``); writes are batched to about 1 MiB so an
 upload costs few thread hops while memory stays bounded.
@@ -17,7 +18,7 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -27,6 +28,8 @@ from chatd.errors import ConfigError, NotFound, TooLarge, Unavailable
 from chatd.media.base import BlobStore, check_key
 
 WRITE_BATCH = 1 << 20
+# An upload in progress touches its temporary file at least this often (every 1 MiB written).
+STALE_TMP_SECONDS = 3600
 T = TypeVar("T")
 READ_CHUNK = 256 * 1024
 
@@ -62,10 +65,14 @@ class FileBlobStore(BlobStore):
 
     async def start(self) -> None:
         def prepare() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            # Leftovers of uploads interrupted by a crash: never committed, safe to drop.
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp.mkdir(exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            # Leftovers of uploads interrupted by a crash were never committed: drop them. Only
+            # old ones, since other processes may share this folder and be uploading right now.
+            cutoff = time.time() - STALE_TMP_SECONDS
+            for leftover in self.tmp.iterdir():
+                with contextlib.suppress(OSError):
+                    if leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
             probe = self.tmp / f"probe-{secrets.token_hex(4)}"
             probe.write_bytes(b"")
             probe.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,17 @@ async def test_file_layout_uses_sharded_paths_from_keys(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_file_start_clears_interrupted_uploads(tmp_path: Path) -> None:
+async def test_file_start_clears_old_interrupted_uploads(tmp_path: Path) -> None:
     (tmp_path / "tmp").mkdir()
-    (tmp_path / "tmp" / "x.part").write_bytes(b"half")
+    old = tmp_path / "tmp" / "old.part"
+    old.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    recent = tmp_path / "tmp" / "recent.part"  # maybe another process's upload in progress
+    recent.write_bytes(b"half")
     store = open_media(f"file://{tmp_path}")
     await store.start()
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["recent.part"]
     await store.close()
 
 
