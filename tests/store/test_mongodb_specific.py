@@ -71,6 +71,13 @@ def test_redact_hides_the_password() -> None:
     assert redact("mongodb://u:secret@h1,h2/x") == "mongodb://u:***@h1,h2/x"
 
 
+async def test_a_malformed_url_is_a_config_error_at_start() -> None:
+    store = MongoStore("mongodb://u:pw@127.0.0.1:port/chatd")
+    with pytest.raises(ConfigError) as info:
+        await asyncio.wait_for(store.start(), 10)
+    assert "\n" not in str(info.value) and ":pw@" not in str(info.value)
+
+
 async def test_unreachable_server_at_start_is_a_one_line_config_error() -> None:
     port = free_port()  # nothing listens there
     store = MongoStore(f"mongodb://u:pw@127.0.0.1:{port}/chatd?timeoutMS=500")
