@@ -132,3 +132,35 @@ def test_pixel_limit_is_configurable() -> None:
 def test_broken_images_are_refused_cleanly(data: bytes, mime: str) -> None:
     with pytest.raises(ImageRejected):
         make_thumbnail(data, mime)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "thumb_mime"),
+    [
+        ("L", "PNG", "image/jpeg"),
+        ("LA", "PNG", "image/png"),
+        ("1", "PNG", "image/jpeg"),
+        ("P", "PNG", "image/jpeg"),
+        ("I;16", "PNG", "image/jpeg"),
+        ("CMYK", "JPEG", "image/jpeg"),
+        ("L", "JPEG", "image/jpeg"),
+        ("P", "GIF", "image/jpeg"),
+        ("RGBA", "WEBP", "image/png"),
+        ("RGB", "WEBP", "image/jpeg"),
+    ],
+)
+def test_every_common_pixel_mode_makes_a_thumbnail(mode: str, fmt: str, thumb_mime: str) -> None:
+    out = io.BytesIO()
+    Image.new(mode, (700, 500)).save(out, format=fmt)
+    data = out.getvalue()
+    mime = sniff(data[:4096])
+    thumb = make_thumbnail(data, mime)
+    assert (thumb.width, thumb.height, thumb.mime) == (700, 500, thumb_mime)
+    assert _open(thumb.data).size == (320, 229)
+
+
+def test_transparent_gif_thumbnail_is_png() -> None:
+    im = Image.new("P", (400, 400))
+    out = io.BytesIO()
+    im.save(out, format="GIF", transparency=0)
+    assert make_thumbnail(out.getvalue(), "image/gif").mime == "image/png"
