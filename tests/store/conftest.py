@@ -103,7 +103,12 @@ async def _pg_empty(url: str, tables: list[str]) -> None:
         return
     conn = await asyncio.wait_for(asyncpg.connect(url), 5)
     try:
-        await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        # DELETE beats TRUNCATE by far on tables this small (no file or lock churn); the
+        # replica role skips foreign-key triggers, so the order of the tables does not matter.
+        await conn.execute(
+            "SET session_replication_role = replica;"
+            + "".join(f"DELETE FROM {table};" for table in tables)
+        )
     finally:
         await conn.close()
 
