@@ -14,6 +14,8 @@ query settings:
 ``part_size`` (default 5 MiB, at least 5 MiB)
     the multipart upload part size: the most memory one upload holds.
 ``addressing_style`` (``path`` when ``endpoint_url`` is set, else ``auto``).
+``max_attempts`` (default 3)
+    attempts per request, retries included, before the backend counts as unavailable.
 
 Uploads no bigger than one part are sent with a single ``PutObject`` once complete; larger ones
 use a multipart upload that is completed only when every byte has arrived and aborted on any
@@ -48,6 +50,7 @@ _KNOWN_PARAMS = {
     "presign",
     "part_size",
     "addressing_style",
+    "max_attempts",
 }
 # Transport-level failures: the backend is unreachable or timed out.
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, OSError, TimeoutError)
@@ -98,6 +101,12 @@ class S3BlobStore(BlobStore):
             raise ConfigError("s3 media URL: part_size must be a number of bytes")
         if self.part_size < MIN_PART_SIZE:
             raise ConfigError(f"s3 media URL: part_size must be at least {MIN_PART_SIZE}")
+        try:
+            attempts = int(params.get("max_attempts", 3))
+        except ValueError:
+            attempts = 0
+        if not 1 <= attempts <= 10:
+            raise ConfigError("s3 media URL: max_attempts must be a number from 1 to 10")
         style = params.get("addressing_style") or ("path" if self.endpoint_url else "auto")
         if style not in ("path", "virtual", "auto"):
             raise ConfigError("s3 media URL: addressing_style must be path, virtual or auto")
@@ -110,7 +119,7 @@ class S3BlobStore(BlobStore):
             "config": AioConfig(
                 connect_timeout=5,
                 read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
+                retries={"max_attempts": attempts, "mode": "standard"},
                 s3={"addressing_style": style},
             ),
         }

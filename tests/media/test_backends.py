@@ -89,6 +89,8 @@ async def test_file_ping_fails_when_folder_vanishes(tmp_path: Path) -> None:
         "s3://b?part_size=1000",
         "s3://b?part_size=lots",
         "s3://b?addressing_style=sideways",
+        "s3://b?max_attempts=0",
+        "s3://b?max_attempts=many",
     ],
 )
 def test_s3_bad_urls(url: str) -> None:
@@ -109,7 +111,7 @@ def test_s3_url_settings() -> None:
 
 
 async def test_s3_unreachable_is_a_config_error() -> None:
-    store = open_media(s3_url(f"http://127.0.0.1:{free_port()}"))
+    store = open_media(s3_url(f"http://127.0.0.1:{free_port()}", max_attempts="1"))
     with pytest.raises(ConfigError, match="not usable"):
         await store.start()
 
