@@ -155,9 +155,9 @@ class MediaService:
             await self.store.create_media(item)
         except BaseException:
             # Not recorded, so nobody can ever reach these blobs: drop them.
-            with contextlib.suppress(ChatError):
-                await self.blobs.delete(media_id)
-                await self.blobs.delete(thumbnail_key(media_id))
+            for key in (media_id, thumbnail_key(media_id)):
+                with contextlib.suppress(ChatError):
+                    await self.blobs.delete(key)
             raise
         return item
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from PIL import Image
 
-from chatd.errors import Forbidden, NotFound, TooLarge
+from chatd.errors import Forbidden, NotFound, TooLarge, Unavailable
 from chatd.media.rules import RangeNotSatisfiable
 from chatd.media.service import MediaService, thumbnail_key
 from chatd.models import NewMessage
@@ -166,3 +166,12 @@ async def test_concurrent_image_uploads_all_get_thumbnails(media: MediaService) 
         (400 + n, "image/jpeg") for n in range(6)
     ]
     assert len({i.id for i in items}) == 6
+
+
+async def test_blobs_are_dropped_when_the_record_cannot_be_written(
+    media: MediaService, store: Store, blobs: Blobs
+) -> None:
+    await store.close()  # the store is down: create_media fails with Unavailable
+    with pytest.raises(Unavailable):
+        await media.upload("alice", chunked(png_bytes(500, 500)), None, "p.png")
+    assert await blobs.leftovers() == []
