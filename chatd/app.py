@@ -97,6 +97,7 @@ def build_app(settings: Settings) -> web.Application:
         ids.new_conv_id,
         online=bus,
         push=push,
+        connected_here=router.connected_here,
         max_group_members=settings.max_group_members,
         messages_per_second=settings.messages_per_second,
         message_burst=settings.message_burst,

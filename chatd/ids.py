@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
 
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01: keeps snowflakes short for decades
@@ -14,26 +13,27 @@ class Snowflake:
     """64-bit ids: 41 bits of milliseconds, 10 bits of worker, 12 bits of sequence.
 
     Unique server-wide as long as each process has its own worker number (derived from the
-    server id); monotonic within a process even if the clock steps back.
+    server id); monotonic within a process even if the clock steps back. Not thread-safe: one
+    generator per event loop, called from that loop only (it is on every send's path, and a
+    lock there costs more than the rest of the call).
     """
 
     def __init__(self, worker: int) -> None:
         self._worker = worker & 0x3FF
         self._last_ms = 0
         self._sequence = 0
-        self._lock = threading.Lock()
 
     def next(self) -> int:
-        with self._lock:
-            now = max(int(time.time() * 1000) - _EPOCH_MS, self._last_ms)
-            if now == self._last_ms:
-                self._sequence = (self._sequence + 1) & 0xFFF
-                if self._sequence == 0:
-                    now += 1  # borrow the next millisecond rather than wait for it
-            else:
-                self._sequence = 0
-            self._last_ms = now
-            return (now << 22) | (self._worker << 12) | self._sequence
+        now = int(time.time() * 1000) - _EPOCH_MS
+        if now <= self._last_ms:
+            now = self._last_ms
+            self._sequence = (self._sequence + 1) & 0xFFF
+            if self._sequence == 0:
+                now += 1  # borrow the next millisecond rather than wait for it
+        else:
+            self._sequence = 0
+        self._last_ms = now
+        return (now << 22) | (self._worker << 12) | self._sequence
 
 
 def worker_number(server_id: str) -> int:

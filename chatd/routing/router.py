@@ -100,6 +100,9 @@ class Router:
     def connections(self, user: str) -> Collection[LocalConnection]:
         return self._by_user.get(user, ())
 
+    def connected_here(self, user: str) -> bool:
+        return user in self._by_user
+
     def connection_count(self) -> int:
         return sum(len(c) for c in self._by_user.values())
 

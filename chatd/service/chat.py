@@ -60,6 +60,7 @@ class ChatService:
         *,
         online: OnlineCheck,
         push: Notifier | None = None,
+        connected_here: Callable[[str], bool] | None = None,
         max_group_members: int = 1000,
         messages_per_second: float = 20.0,
         message_burst: int = 200,
@@ -71,6 +72,9 @@ class ChatService:
         self.new_conv_id = new_conv_id
         self.online_check = online
         self.push: Notifier = push or NullNotifier()
+        # Members with a socket on this very server certainly need no push: filtering them
+        # here keeps the common case (everyone online) off the push queue entirely.
+        self.connected_here = connected_here or (lambda _user: False)
         self.max_group_members = max_group_members
         self._send_limit = KeyedLimiter(messages_per_second, message_burst)
         # A direct conversation never changes members, so the pair -> conv mapping is cached.
@@ -116,7 +120,8 @@ class ChatService:
         )
         if not result.duplicate:
             self.events.message(result.members, result.message, origin)
-            others = [member for member in result.members if member != user]
+            here = self.connected_here
+            others = [m for m in result.members if m != user and not here(m)]
             if others:
                 self.push.notify(result.message, others, None)
         return SendResult(result.message, result.duplicate)
