@@ -36,7 +36,6 @@ from tests.media.images_util import jpeg_with_orientation, png_bytes
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 # chatd.transport.auth caches the session under a plain string request key, which aiohttp 3.14
 # warns about (the warning is an error in tests); not this module's concern.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 
 def now_ms() -> int:

@@ -27,7 +27,6 @@ from tests.push.conftest import Browser, Presence, PushService
 
 # chatd.transport.auth caches the session under a str request key, which aiohttp 3.14 warns
 # about (and the test settings turn warnings into errors). Not push's to fix; see the report.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 
 @dataclass
