@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -142,9 +142,9 @@ def chatd_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     """Attach the stderr of every chatd server a failed test used to its report."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if not report.failed:
         return

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from .client import Frame, Harness, history_all
+from .client import Frame, Harness, User, Ws, history_all
 
 MESSAGE_KEYS = {
     "type",
@@ -123,7 +123,7 @@ async def test_duplicate_send_returns_first_result_and_delivers_once(h: Harness)
     assert other["duplicate"] is False and other["seq"] == sentinel["seq"] + 1
 
 
-async def make_history(h: Harness, count: int) -> tuple:
+async def make_history(h: Harness, count: int) -> tuple[User, User, Ws, Ws, str]:
     alice, bob = await h.users("pager", "pagee")
     a = await h.connect(alice)
     b = await h.connect(bob)

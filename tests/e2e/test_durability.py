@@ -24,7 +24,7 @@ class Attempt:
     client_id: str
     sender: str
     body: str
-    target: dict[str, str]
+    target: dict[str, Any]
     acked: bool = False
     conv: str | None = None
     seq: int | None = None
@@ -36,7 +36,7 @@ class Attempt:
 async def pump(
     conn: Ws,
     user: User,
-    targets: list[dict[str, str]],
+    targets: list[dict[str, Any]],
     attempts: list[Attempt],
     stop: asyncio.Event,
     limit: int,
@@ -75,7 +75,7 @@ async def all_histories(h: Harness, users: list[User]) -> dict[str, list[Frame]]
     return histories
 
 
-async def load(h: Harness) -> tuple[list[User], list[Ws], list[list[dict[str, str]]]]:
+async def load(h: Harness) -> tuple[list[User], list[Ws], list[list[dict[str, Any]]]]:
     users = await h.users("k0", "k1", "k2", "k3")
     conns = [await h.connect(u) for u in users]
     group = (await conns[0].ok("create_group", title="crash", members=[u.name for u in users[1:]]))[

@@ -37,6 +37,7 @@ async def roles(conn: Ws, conv: str) -> dict[str, str]:
 async def summary_of(conn: Ws, conv: str) -> Frame:
     listing = (await conn.ok("conversations"))["conversations"]
     (summary,) = [c for c in listing if c["conv"] == conv]
+    assert isinstance(summary, dict)
     return summary
 
 
@@ -148,7 +149,7 @@ async def group_with_roles(h: Harness) -> tuple[list[User], list[Ws], str]:
 async def test_plain_member_is_forbidden_every_admin_request(h: Harness) -> None:
     (owner, admin, member, extra), (o, a, m, _), conv = await group_with_roles(h)
     before = await history_all(o, conv)
-    denied = [
+    denied: list[tuple[str, dict[str, Any]]] = [
         ("add_members", {"conv": conv, "members": [extra.name]}),
         ("remove_member", {"conv": conv, "user": admin.name}),
         ("remove_member", {"conv": conv, "user": owner.name}),
@@ -177,7 +178,7 @@ async def test_plain_member_is_forbidden_every_admin_request(h: Harness) -> None
 async def test_non_member_gets_forbidden_or_not_found_for_everything(h: Harness) -> None:
     (_owner, _admin, member, outsider), (o, _, _, x), conv = await group_with_roles(h)
     before = await history_all(o, conv)
-    requests = [
+    requests: list[tuple[str, dict[str, Any]]] = [
         ("send", {"conv": conv, "client_id": "c1", "body": "let me in"}),
         ("history", {"conv": conv}),
         ("history", {"conv": conv, "after": 0}),

@@ -50,7 +50,9 @@ async def test_hello_without_token_and_no_bearer_is_unauthorized(h: Harness) -> 
         {"type": "history", "id": "early", "conv": "c1"},
     ],
 )
-async def test_request_before_hello_is_unauthorized_then_4401(h: Harness, frame: dict) -> None:
+async def test_request_before_hello_is_unauthorized_then_4401(
+    h: Harness, frame: dict[str, str]
+) -> None:
     conn = await h.raw_ws()
     reply = await conn.request_frame(frame)
     assert reply["type"] == "error" and reply["code"] == "unauthorized", reply

@@ -9,11 +9,13 @@ import pytest
 from .lossck import Sent, check
 
 
-def msg(seq: int, cid: str | None, sender: str = "alice", body: str = "b", **kw: Any) -> dict:
+def msg(
+    seq: int, cid: str | None, sender: str = "alice", body: str = "b", **kw: Any
+) -> dict[str, Any]:
     return {"seq": seq, "client_id": cid, "from": sender, "kind": "text", "body": body, **kw}
 
 
-def system(seq: int) -> dict:
+def system(seq: int) -> dict[str, Any]:
     return {"seq": seq, "client_id": None, "from": "alice", "kind": "system", "event": {}}
 
 

@@ -10,6 +10,7 @@ SERVER_FLAGS = {"presence_grace": 0.5}
 async def summary_of(conn: Ws, conv: str) -> Frame:
     listing = (await conn.ok("conversations"))["conversations"]
     (summary,) = [c for c in listing if c["conv"] == conv]
+    assert isinstance(summary, dict)
     return summary
 
 
