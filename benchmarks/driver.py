@@ -1,4 +1,4 @@
-"""The load driver: one process, uvloop + aiohttp's WebSocket client, told what to do on stdin.
+"""The load driver: one process, uvloop + a lean WebSocket client, told what to do on stdin.
 
 The orchestrator (:mod:`benchmarks.workloads`) starts several of these, so that the driver is
 not the bottleneck and so that no process holds more sockets than its open-files limit. The
@@ -15,6 +15,10 @@ or ``{"event": "error", "message": ...}`` and exit status 1 at any point. Times 
 message body gives the end-to-end latency wherever the message is received. Only what falls in
 ``[t_measure, t_end]`` is counted: before it is warm-up.
 
+The sockets are :class:`benchmarks.wsclient.RawWebSocket`: frames are handled in callbacks
+straight from ``data_received`` and written at once, with no task or coroutine per frame, and
+send frames are built from pre-serialized prefixes. Received frames are parsed with orjson.
+
 Roles:
 
 * ``pairs``: 1:1 senders and receivers. Closed loop (at most ``window`` in flight per sender,
@@ -30,6 +34,7 @@ Roles:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import sys
@@ -39,17 +44,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import WSMsgType
 
 from benchmarks.limits import raise_nofile
 from benchmarks.stats import Histogram
+from benchmarks.wsclient import RawWebSocket, open_websocket
 
-TEXT = WSMsgType.TEXT
 SETUP_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 15.0
 monotonic_ns = time.monotonic_ns
+loads = orjson.loads
 
 
 class DriverError(Exception):
@@ -64,8 +68,8 @@ class Window:
     t_measure: int = 0
     t_end: int = 0
 
-    def measuring(self, now: int) -> bool:
-        return self.t_measure <= now <= self.t_end
+    def set(self, go: dict[str, Any]) -> None:
+        self.t_start, self.t_measure, self.t_end = go["t_start"], go["t_measure"], go["t_end"]
 
 
 @dataclass(slots=True)
@@ -87,26 +91,15 @@ class Counters:
 # -- connections ------------------------------------------------------------------------------
 
 
-def new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=False)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-
-
-async def connect(
-    session: aiohttp.ClientSession, url: str, token: str, device: str
-) -> aiohttp.ClientWebSocketResponse:
+async def connect(url: str, token: str, device: str) -> RawWebSocket:
     """Open a socket and say hello; return once the server said ``ok``."""
-    ws = await session.ws_connect(
-        url, autoping=True, heartbeat=None, compress=0, max_msg_size=0, autoclose=True
-    )
+    ws = await open_websocket(url)
     try:
-        await ws.send_str(
-            orjson.dumps(
-                {"type": "hello", "id": "hello", "token": token, "device": device}
-            ).decode()
+        ws.send_text(
+            orjson.dumps({"type": "hello", "id": "hello", "token": token, "device": device})
         )
         while True:
-            frame = await receive_frame(ws)
+            frame = loads(await ws.recv())
             if frame.get("id") == "hello":
                 if frame.get("type") != "ok":
                     raise DriverError(f"hello refused: {frame}")
@@ -116,19 +109,11 @@ async def connect(
         raise
 
 
-async def receive_frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await ws.receive()
-    if msg.type is not TEXT:
-        raise DriverError(f"socket closed during set-up ({msg.type.name}, {msg.extra})")
-    frame: dict[str, Any] = orjson.loads(msg.data)
-    return frame
-
-
-async def request(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> dict[str, Any]:
+async def request(ws: RawWebSocket, frame: dict[str, Any]) -> dict[str, Any]:
     """Send a request and wait for its reply (events in between are skipped)."""
-    await ws.send_str(orjson.dumps(frame).decode())
+    ws.send_text(orjson.dumps(frame))
     while True:
-        reply = await receive_frame(ws)
+        reply: dict[str, Any] = loads(await ws.recv())
         if reply.get("id") == frame["id"]:
             if reply.get("type") != "ok":
                 raise DriverError(f"{frame['type']} failed: {reply}")
@@ -146,6 +131,13 @@ async def gather_bounded(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
+async def connect_all(url: str, tokens: list[str], device: str, limit: int) -> list[RawWebSocket]:
+    sockets: list[RawWebSocket] = await asyncio.wait_for(
+        gather_bounded([connect(url, token, device) for token in tokens], limit), SETUP_TIMEOUT
+    )
+    return sockets
+
+
 # -- the 1:1 pairs ----------------------------------------------------------------------------
 
 
@@ -154,39 +146,31 @@ class Pair:
 
     __slots__ = ("conv", "inflight", "n", "prefix", "receiver", "sender", "tag", "to")
 
-    def __init__(
-        self,
-        sender: aiohttp.ClientWebSocketResponse,
-        receiver: aiohttp.ClientWebSocketResponse,
-        to: str,
-        tag: str,
-    ) -> None:
+    def __init__(self, sender: RawWebSocket, receiver: RawWebSocket, to: str, tag: str) -> None:
         self.sender = sender
         self.receiver = receiver
         self.to = to
+        self.tag = tag
         self.conv = ""
         self.inflight = 0
         self.n = 0
-        self.prefix = ""
-        self.tag = tag
+        self.prefix = b""
 
     async def open_conversation(self) -> None:
         """The first message goes ``to`` the partner and creates the direct conversation."""
-        reply = await request(
-            self.sender,
-            {
-                "type": "send",
-                "id": "first",
-                "to": self.to,
-                "client_id": f"{self.tag}-first",
-                "body": "0",
-            },
-        )
+        first = {
+            "type": "send",
+            "id": "first",
+            "to": self.to,
+            "client_id": f"{self.tag}-first",
+            "body": "0",
+        }
+        reply = await request(self.sender, first)
         self.conv = str(reply["conv"])
 
         async def delivered() -> None:
             while True:
-                frame = await receive_frame(self.receiver)
+                frame = loads(await self.receiver.recv())
                 if frame.get("type") == "message" and frame.get("conv") == self.conv:
                     return
 
@@ -197,13 +181,15 @@ class Pair:
                 f"set-up: the first message to {self.to} (conversation {self.conv}) was "
                 f"acknowledged but not delivered within {DELIVERY_TIMEOUT:.0f} s"
             ) from None
-        self.prefix = '{"type":"send","conv":"' + self.conv + '","client_id":"' + self.tag + "-"
+        self.prefix = (
+            '{"type":"send","conv":"' + self.conv + '","client_id":"' + self.tag + "-"
+        ).encode()
 
-    async def send(self, stamp: int) -> None:
+    def send(self, stamp: int) -> None:
         self.n += 1
         n = self.n
         self.inflight += 1
-        await self.sender.send_str(f'{self.prefix}{n}","id":"{n}","body":"{stamp}"}}')
+        self.sender.send_text(b'%s%d","id":"%d","body":"%d"}' % (self.prefix, n, n, stamp))
 
 
 async def run_pairs(job: dict[str, Any], ctl: Control) -> None:
@@ -213,92 +199,80 @@ async def run_pairs(job: dict[str, Any], ctl: Control) -> None:
     tag = f"{os.getpid()}{random.getrandbits(24):06x}"
     counters = Counters()
     clock = Window()
-    async with new_session() as session:
 
-        async def open_pair(i: int, spec: dict[str, str]) -> Pair:
-            sender = await connect(session, spec["s_url"], spec["s_token"], "bench")
-            receiver = await connect(session, spec["r_url"], spec["r_token"], "bench")
-            pair = Pair(sender, receiver, spec["r_user"], f"{tag}p{i}")
-            await pair.open_conversation()
-            return pair
+    async def open_pair(i: int, spec: dict[str, str]) -> Pair:
+        sender = await connect(spec["s_url"], spec["s_token"], "bench")
+        receiver = await connect(spec["r_url"], spec["r_token"], "bench")
+        pair = Pair(sender, receiver, spec["r_user"], f"{tag}p{i}")
+        await pair.open_conversation()
+        return pair
 
-        pairs: list[Pair] = await asyncio.wait_for(
-            gather_bounded([open_pair(i, s) for i, s in enumerate(job["pairs"])], 50),
-            SETUP_TIMEOUT,
-        )
-        go = await ctl.ready({"pairs": len(pairs)})
-        clock.t_start, clock.t_measure, clock.t_end = go["t_start"], go["t_measure"], go["t_end"]
-        closed_loop = rate is None
+    pairs: list[Pair] = await asyncio.wait_for(
+        gather_bounded([open_pair(i, s) for i, s in enumerate(job["pairs"])], 50),
+        SETUP_TIMEOUT,
+    )
+    clock.set(await ctl.ready({"pairs": len(pairs)}))
+    closed_loop = rate is None
+    t_measure, t_end = clock.t_measure, clock.t_end
+    hist = counters.hist
 
-        async def read_receiver(pair: Pair) -> None:
-            ws = pair.receiver
-            loads = orjson.loads
-            hist = counters.hist
-            t_measure, t_end = clock.t_measure, clock.t_end
-            while True:
-                msg = await ws.receive()
-                if msg.type is not TEXT:
-                    return
-                frame = loads(msg.data)
-                if frame.get("type") != "message":
-                    continue
-                now = monotonic_ns()
+    def on_message(pair: Pair) -> Callable[[bytes], None]:
+        def handle(payload: bytes) -> None:
+            frame = loads(payload)
+            if frame.get("type") != "message":
+                return
+            now = monotonic_ns()
+            pair.inflight -= 1
+            if t_measure <= now <= t_end:
+                hist.record(now - int(frame["body"]))
+                counters.received += 1
+            if closed_loop and now < t_end:
+                pair.send(now)
+
+        return handle
+
+    def on_reply(pair: Pair) -> Callable[[bytes], None]:
+        def handle(payload: bytes) -> None:
+            if b'"ok"' in payload:
+                counters.acks += 1
+                return
+            frame = loads(payload)
+            if frame.get("type") == "error":
+                counters.error(str(frame))
+                # A refused send is never delivered: free its slot.
                 pair.inflight -= 1
-                if t_measure <= now <= t_end:
-                    hist.record(now - int(frame["body"]))
-                    counters.received += 1
+                now = monotonic_ns()
                 if closed_loop and now < t_end:
-                    await pair.send(now)
+                    pair.send(now)
 
-        async def read_sender(pair: Pair) -> None:
-            ws = pair.sender
-            while True:
-                msg = await ws.receive()
-                if msg.type is not TEXT:
-                    return
-                data = msg.data
-                if '"ok"' in data:
-                    counters.acks += 1
-                    continue
-                frame = orjson.loads(data)
-                if frame.get("type") == "error":
-                    counters.error(str(frame))
-                    # A refused send is never delivered: free its slot.
-                    pair.inflight -= 1
-                    now = monotonic_ns()
-                    if closed_loop and now < clock.t_end:
-                        await pair.send(now)
+        return handle
 
-        readers = [asyncio.create_task(read_receiver(p)) for p in pairs]
-        readers += [asyncio.create_task(read_sender(p)) for p in pairs]
-        try:
-            await sleep_until(clock.t_start)
-            cpu0 = cpu1 = 0.0
-            if closed_loop:
-                for _ in range(window):
-                    now = monotonic_ns()
-                    for pair in pairs:
-                        await pair.send(now)
-                await sleep_until(clock.t_measure)
-                cpu0 = time.process_time()
-                await sleep_until(clock.t_end)
-                cpu1 = time.process_time()
-            else:
-                cpu0, cpu1 = await open_loop(pairs, float(rate), cap, clock, counters)
-            await asyncio.sleep(0.3)  # let the last in-window deliveries land
-        finally:
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-        counters.sent = sum(p.n for p in pairs)
-        await ctl.result(result_of(counters, clock, cpu0, cpu1))
-        await close_all([ws for p in pairs for ws in (p.sender, p.receiver)])
+    for pair in pairs:
+        pair.receiver.on_text = on_message(pair)
+        pair.sender.on_text = on_reply(pair)
+    await sleep_until(clock.t_start)
+    if closed_loop:
+        for _ in range(window):
+            now = monotonic_ns()
+            for pair in pairs:
+                pair.send(now)
+        cpu0, cpu1 = await measure_cpu(clock)
+    else:
+        cpu0, cpu1 = await open_loop(pairs, float(rate), cap, clock, counters)
+    await asyncio.sleep(0.3)  # let the last in-window deliveries land
+    counters.sent = sum(p.n for p in pairs)
+    await ctl.result(result_of(counters, clock, cpu0, cpu1))
+    await close_all([ws for p in pairs for ws in (p.sender, p.receiver)])
 
 
 async def open_loop(
     pairs: list[Pair], rate: float, cap: int, clock: Window, counters: Counters
 ) -> tuple[float, float]:
-    """Send at ``rate`` per pair on a fixed schedule, round robin; stamp the scheduled time."""
+    """Send at ``rate`` per pair on a fixed schedule, round robin; stamp the scheduled time.
+
+    The loop wakes at most every millisecond (the timer resolution) and sends everything due,
+    so a message may leave up to about a millisecond after its stamp: that counts as latency.
+    """
     interval = 1e9 / (rate * len(pairs))
     due = float(clock.t_start)
     k = 0
@@ -314,7 +288,7 @@ async def open_loop(
             pair = pairs[k % count]
             k += 1
             if pair.inflight < cap:
-                await pair.send(int(due))
+                pair.send(int(due))
             else:
                 counters.dropped += 1
             due += interval
@@ -352,16 +326,15 @@ class Completions(asyncio.DatagramProtocol):
 async def run_fanout_sender(job: dict[str, Any], ctl: Control) -> None:
     window = int(job.get("window", 10))
     conv = job["conv"]
-    counters = Counters()  # hist: latency to the last member
+    counters = Counters()  # received, hist: messages complete at the last member
     clock = Window()
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
-    state = {"inflight": 0, "done": 0}
+    inflight = [0]
 
     def on_done(k: int, latency: int) -> None:
-        state["inflight"] -= 1
-        now = monotonic_ns()
-        if clock.measuring(now):
+        inflight[0] -= 1
+        if clock.t_measure <= monotonic_ns() <= clock.t_end:
             counters.hist.record(latency)
             counters.received += 1
         wake.set()
@@ -370,125 +343,95 @@ async def run_fanout_sender(job: dict[str, Any], ctl: Control) -> None:
         lambda: Completions(int(job["procs"]), on_done), local_addr=("127.0.0.1", 0)
     )
     try:
-        async with new_session() as session:
-            ws = await connect(session, job["url"], job["token"], "bench-sender")
-            port = transport.get_extra_info("sockname")[1]
-            go = await ctl.ready({"udp_port": port})
-            clock.t_start, clock.t_measure, clock.t_end = (
-                go["t_start"],
-                go["t_measure"],
-                go["t_end"],
-            )
+        ws = await connect(job["url"], job["token"], "bench-sender")
 
-            async def read_acks() -> None:
-                while True:
-                    msg = await ws.receive()
-                    if msg.type is not TEXT:
-                        return
-                    if '"ok"' in msg.data:
-                        counters.acks += 1
-                        continue
-                    frame = orjson.loads(msg.data)
-                    if frame.get("type") == "error":
-                        counters.error(str(frame))
+        def on_reply(payload: bytes) -> None:
+            if b'"ok"' in payload:
+                counters.acks += 1
+                return
+            frame = loads(payload)
+            if frame.get("type") == "error":
+                counters.error(str(frame))
 
-            reader = asyncio.create_task(read_acks())
-            prefix = '{"type":"send","conv":"' + conv + f'","client_id":"{os.getpid()}f'
-            try:
-                await sleep_until(clock.t_start)
-                cpu0: float | None = None
-                k = 0
-                while True:
-                    now = monotonic_ns()
-                    if cpu0 is None and now >= clock.t_measure:
-                        cpu0 = time.process_time()
-                    if now >= clock.t_end:
-                        break
-                    if state["inflight"] >= window:
-                        wake.clear()
-                        try:
-                            await asyncio.wait_for(wake.wait(), (clock.t_end - now) / 1e9)
-                        except TimeoutError:
-                            pass
-                        continue
-                    k += 1
-                    state["inflight"] += 1
-                    await ws.send_str(f'{prefix}{k}","id":"{k}","body":"{now}:{k}"}}')
-                cpu1 = time.process_time()
-                await asyncio.sleep(0.3)
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-            counters.sent = k
-            result = result_of(counters, clock, cpu0 or cpu1, cpu1)
-            result["incomplete"] = len(completions.pending)
-            await ctl.result(result)
-            await ws.close()
+        ws.on_text = on_reply
+        clock.set(await ctl.ready({"udp_port": transport.get_extra_info("sockname")[1]}))
+        prefix = ('{"type":"send","conv":"' + conv + f'","client_id":"{os.getpid()}f').encode()
+        await sleep_until(clock.t_start)
+        cpu0: float | None = None
+        k = 0
+        while True:
+            now = monotonic_ns()
+            if cpu0 is None and now >= clock.t_measure:
+                cpu0 = time.process_time()
+            if now >= clock.t_end:
+                break
+            if inflight[0] >= window:
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), (clock.t_end - now) / 1e9)
+                except TimeoutError:
+                    pass
+                continue
+            k += 1
+            inflight[0] += 1
+            ws.send_text(b'%s%d","id":"%d","body":"%d:%d"}' % (prefix, k, k, now, k))
+        cpu1 = time.process_time()
+        await asyncio.sleep(0.3)
+        counters.sent = k
+        result = result_of(counters, clock, cpu0 or cpu1, cpu1)
+        result["incomplete"] = len(completions.pending)
+        await ctl.result(result)
+        await ws.close()
     finally:
         transport.close()
 
 
 async def run_fanout_receivers(job: dict[str, Any], ctl: Control) -> None:
-    conv = job["conv"]
-    counters = Counters()  # hist: latency of every delivery
+    conv = job["conv"].encode()
+    counters = Counters()  # received, hist: every delivery
     clock = Window()
     loop = asyncio.get_running_loop()
-    async with new_session() as session:
-        sockets = await asyncio.wait_for(
-            gather_bounded(
-                [connect(session, job["url"], token, "bench") for token in job["tokens"]], 100
-            ),
-            SETUP_TIMEOUT,
-        )
-        local = len(sockets)
-        go = await ctl.ready({"members": local})
-        clock.t_start, clock.t_measure, clock.t_end = go["t_start"], go["t_measure"], go["t_end"]
-        transport, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", int(go["udp_port"]))
-        )
-        seen: dict[int, int] = {}
+    sockets = await connect_all(job["url"], job["tokens"], "bench", 100)
+    local = len(sockets)
+    go = await ctl.ready({"members": local})
+    clock.set(go)
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=("127.0.0.1", int(go["udp_port"]))
+    )
+    seen: dict[int, int] = {}
+    hist = counters.hist
+    t_measure, t_end = clock.t_measure, clock.t_end
 
-        async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
-            loads = orjson.loads
-            hist = counters.hist
-            t_measure, t_end = clock.t_measure, clock.t_end
-            while True:
-                msg = await ws.receive()
-                if msg.type is not TEXT:
-                    return
-                frame = loads(msg.data)
-                if frame.get("type") != "message" or frame.get("conv") != conv:
-                    continue
-                now = monotonic_ns()
-                stamp_text, k_text = frame["body"].split(":")
-                latency = now - int(stamp_text)
-                if t_measure <= now <= t_end:
-                    hist.record(latency)
-                    counters.received += 1
-                k = int(k_text)
-                count = seen.get(k, 0) + 1
-                if count >= local:
-                    seen.pop(k, None)
-                    transport.sendto(f"{k} {latency}".encode())
-                else:
-                    seen[k] = count
+    def on_text(payload: bytes) -> None:
+        frame = loads(payload)
+        if frame.get("type") != "message" or frame.get("conv") != conv_text:
+            return
+        now = monotonic_ns()
+        stamp_text, k_text = frame["body"].split(":")
+        latency = now - int(stamp_text)
+        if t_measure <= now <= t_end:
+            hist.record(latency)
+            counters.received += 1
+        k = int(k_text)
+        count = seen.get(k, 0) + 1
+        if count >= local:
+            del seen[k]
+            transport.sendto(b"%d %d" % (k, latency))
+        else:
+            seen[k] = count
 
-        readers = [asyncio.create_task(read(ws)) for ws in sockets]
-        try:
-            await sleep_until(clock.t_measure)
-            cpu0 = time.process_time()
-            await sleep_until(clock.t_end)
-            cpu1 = time.process_time()
-            await asyncio.sleep(0.3)
-        finally:
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            transport.close()
-        result = result_of(counters, clock, cpu0, cpu1)
-        result["incomplete"] = len(seen)
-        await ctl.result(result)
-        await close_all(sockets)
+    conv_text = conv.decode()
+    for ws in sockets:
+        ws.on_text = on_text
+    try:
+        cpu0, cpu1 = await measure_cpu(clock)
+        await asyncio.sleep(0.3)
+    finally:
+        transport.close()
+    result = result_of(counters, clock, cpu0, cpu1)
+    result["incomplete"] = len(seen)
+    await ctl.result(result)
+    await close_all(sockets)
 
 
 # -- history ----------------------------------------------------------------------------------
@@ -498,115 +441,101 @@ async def run_history(job: dict[str, Any], ctl: Control) -> None:
     window = int(job.get("window", 4))
     limit = int(job.get("limit", 50))
     max_seq = int(job["max_seq"])
-    conv = job["conv"]
     counters = Counters()
     clock = Window()
-    async with new_session() as session:
-        sockets = await asyncio.wait_for(
-            gather_bounded(
-                [connect(session, job["url"], token, "bench") for token in job["tokens"]], 50
-            ),
-            SETUP_TIMEOUT,
-        )
-        go = await ctl.ready({"sockets": len(sockets)})
-        clock.t_start, clock.t_measure, clock.t_end = go["t_start"], go["t_measure"], go["t_end"]
-        rng = random.Random(os.getpid())
-        prefix = '{"type":"history","conv":"' + conv + f'","limit":{limit},"before":'
+    sockets = await connect_all(job["url"], job["tokens"], "bench", 50)
+    clock.set(await ctl.ready({"sockets": len(sockets)}))
+    rng = random.Random(os.getpid())
+    prefix = ('{"type":"history","conv":"' + job["conv"] + f'","limit":{limit},"before":').encode()
 
-        async def drive(ws: aiohttp.ClientWebSocketResponse) -> None:
-            sent: dict[str, int] = {}
-            n = 0
+    def driver_for(ws: RawWebSocket) -> Callable[[], None]:
+        sent: dict[str, int] = {}
+        counter = [0]
 
-            async def ask() -> None:
-                nonlocal n
-                n += 1
-                request_id = str(n)
-                sent[request_id] = monotonic_ns()
-                before = rng.randint(limit + 1, max_seq + 1)
-                await ws.send_str(f'{prefix}{before},"id":"{request_id}"}}')
+        def ask() -> None:
+            counter[0] += 1
+            request_id = str(counter[0])
+            sent[request_id] = monotonic_ns()
+            before = rng.randint(limit + 1, max_seq + 1)
+            ws.send_text(b'%s%d,"id":"%s"}' % (prefix, before, request_id.encode()))
 
-            await sleep_until(clock.t_start)
+        def on_text(payload: bytes) -> None:
+            frame = loads(payload)
+            started = sent.pop(str(frame.get("id")), None)
+            if started is None:
+                return
+            now = monotonic_ns()
+            if frame.get("type") != "ok" or len(frame.get("messages", ())) != limit:
+                counters.error(str(frame)[:300])
+            elif clock.t_measure <= now <= clock.t_end:
+                counters.received += 1
+                counters.hist.record(now - started)
+            if now < clock.t_end:
+                ask()
+
+        ws.on_text = on_text
+
+        def start() -> None:
             for _ in range(window):
-                await ask()
-            while True:
-                msg = await ws.receive()
-                if msg.type is not TEXT:
-                    return
-                frame = orjson.loads(msg.data)
-                started = sent.pop(str(frame.get("id")), None)
-                if started is None:
-                    continue
-                now = monotonic_ns()
-                if frame.get("type") != "ok" or len(frame.get("messages", ())) != limit:
-                    counters.error(str(frame)[:300])
-                elif clock.measuring(now):
-                    counters.received += 1
-                    counters.hist.record(now - started)
-                if now < clock.t_end:
-                    await ask()
+                ask()
 
-        tasks = [asyncio.create_task(drive(ws)) for ws in sockets]
-        try:
-            await sleep_until(clock.t_measure)
-            cpu0 = time.process_time()
-            await sleep_until(clock.t_end)
-            cpu1 = time.process_time()
-            await asyncio.sleep(0.3)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await ctl.result(result_of(counters, clock, cpu0, cpu1))
-        await close_all(sockets)
+        return start
+
+    starters = [driver_for(ws) for ws in sockets]
+    await sleep_until(clock.t_start)
+    for start in starters:
+        start()
+    cpu0, cpu1 = await measure_cpu(clock)
+    await asyncio.sleep(0.3)
+    await ctl.result(result_of(counters, clock, cpu0, cpu1))
+    await close_all(sockets)
 
 
 # -- idle connections -------------------------------------------------------------------------
 
 
 async def run_idle(job: dict[str, Any], ctl: Control) -> None:
-    async with new_session() as session:
-        failures: list[str] = []
+    failures: list[str] = []
 
-        async def one(token: str) -> aiohttp.ClientWebSocketResponse | None:
-            try:
-                return await connect(session, job["url"], token, "bench-idle")
-            except Exception as exc:  # counted and reported: the figure says how many held
-                failures.append(f"{type(exc).__name__}: {exc}")
-                return None
-
-        opened = await asyncio.wait_for(
-            gather_bounded([one(t) for t in job["tokens"]], int(job.get("concurrency", 64))),
-            SETUP_TIMEOUT * 5,
-        )
-        sockets = [ws for ws in opened if ws is not None]
-
-        async def answer_pings(ws: aiohttp.ClientWebSocketResponse) -> None:
-            # aiohttp's client answers a ping only while someone is receiving.
-            while True:
-                msg = await ws.receive()
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    return
-
-        readers = [asyncio.create_task(answer_pings(ws)) for ws in sockets]
+    async def one(token: str) -> RawWebSocket | None:
         try:
-            ctl.announce(
-                {
-                    "connected": len(sockets),
-                    "failed": len(failures),
-                    "first_error": failures[0] if failures else None,
-                }
-            )
-            await ctl.wait_stop()
-            still_open = sum(1 for ws in sockets if not ws.closed)
-            await ctl.result({"still_open": still_open})
-        finally:
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            await close_all(sockets)
+            return await connect(job["url"], token, "bench-idle")
+        except Exception as exc:  # counted and reported: the figure says how many held
+            failures.append(f"{type(exc).__name__}: {exc}")
+            return None
+
+    opened = await asyncio.wait_for(
+        gather_bounded([one(t) for t in job["tokens"]], int(job.get("concurrency", 64))),
+        SETUP_TIMEOUT * 5,
+    )
+    sockets = [ws for ws in opened if ws is not None]
+    for ws in sockets:
+        ws.on_text = _ignore  # pings are answered inside the protocol
+    ctl.announce(
+        {
+            "connected": len(sockets),
+            "failed": len(failures),
+            "first_error": failures[0] if failures else None,
+        }
+    )
+    await ctl.wait_stop()
+    await ctl.result({"still_open": sum(1 for ws in sockets if not ws.closed)})
+    await close_all(sockets)
+
+
+def _ignore(payload: bytes) -> None:
+    pass
 
 
 # -- plumbing ---------------------------------------------------------------------------------
+
+
+async def measure_cpu(clock: Window) -> tuple[float, float]:
+    """Sleep through the measured window; this process's CPU time at its start and end."""
+    await sleep_until(clock.t_measure)
+    cpu0 = time.process_time()
+    await sleep_until(clock.t_end)
+    return cpu0, time.process_time()
 
 
 def result_of(counters: Counters, clock: Window, cpu0: float, cpu1: float) -> dict[str, Any]:
@@ -624,14 +553,8 @@ def result_of(counters: Counters, clock: Window, cpu0: float, cpu1: float) -> di
     }
 
 
-async def close_all(sockets: list[aiohttp.ClientWebSocketResponse]) -> None:
-    async def close(ws: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            await asyncio.wait_for(ws.close(), 2.0)
-        except (TimeoutError, ConnectionError, aiohttp.ClientError):
-            pass
-
-    await gather_bounded([close(ws) for ws in sockets], 500)
+async def close_all(sockets: list[RawWebSocket]) -> None:
+    await gather_bounded([ws.close() for ws in sockets], 1000)
 
 
 async def sleep_until(t_ns: int) -> None:
@@ -655,7 +578,7 @@ class Control:
         line = await self.reader.readline()
         if not line:
             return None
-        obj: dict[str, Any] = orjson.loads(line)
+        obj: dict[str, Any] = loads(line)
         return obj
 
     def announce(self, info: dict[str, Any]) -> None:
@@ -663,7 +586,10 @@ class Control:
         self.emit({"event": "ready", **info})
 
     async def ready(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Say ready; return the ``go`` command."""
+        """Say ready; return the ``go`` command. The garbage collector is frozen from here:
+        what set-up allocated is never scanned again, so no collection pauses the run."""
+        gc.collect()
+        gc.freeze()
         self.emit({"event": "ready", **info})
         command = await self.read()
         if command is None or command.get("cmd") != "go":

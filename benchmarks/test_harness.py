@@ -170,3 +170,70 @@ def test_a_tiny_run_measures_every_workload_and_stops_every_process(
         assert found["history"]["pages_per_s"] > 0 and found["history"]["errors"] == 0
     assert doc["machine"]["cpus"] == os.cpu_count()
     assert started and not [pid for pid in started if _live(pid)]
+
+
+async def test_the_lean_client_speaks_rfc6455_to_a_hand_written_server() -> None:
+    import asyncio
+    import base64
+    import hashlib
+
+    from benchmarks.wsclient import open_websocket
+
+    received: list[bytes] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        first, second = await reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await reader.readexactly(8), "big")
+        assert second & 0x80, "client frames must be masked"
+        key = await reader.readexactly(4)
+        data = await reader.readexactly(length)
+        return first & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = next(
+            ln.split(":", 1)[1].strip()
+            for ln in head.split("\r\n")
+            if ln.lower().startswith("sec-websocket-key")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        writer.write(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        big = b"x" * 70_000
+        writer.write(b"\x89\x02hi")  # ping
+        writer.write(b"\x01\x03abc" + b"\x80\x03def")  # one text message in two fragments
+        writer.write(b"\x81\x7f" + len(big).to_bytes(8, "big") + big)
+        writer.write(b"\x81\x7e" + (300).to_bytes(2, "big") + b"y" * 300)
+        await writer.drain()
+        received.append(b"%d:%s" % await read_frame(reader))  # the pong
+        for _ in range(2):
+            received.append(b"%d:%s" % await read_frame(reader))
+        writer.write(b"\x88\x02\x03\xe8")  # close 1000
+        await writer.drain()
+        writer.close()
+        done.set_result(None)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        ws = await asyncio.wait_for(open_websocket(f"ws://127.0.0.1:{port}/ws"), 5)
+        messages = [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)]
+        assert messages == [b"abcdef", b"x" * 70_000, b"y" * 300]
+        ws.send_text(b"short")
+        ws.send_text(b"z" * 1000)
+        await asyncio.wait_for(done, 5)
+        await asyncio.wait_for(asyncio.shield(ws.closed_future), 5)
+        assert received == [b"10:hi", b"1:short", b"1:" + b"z" * 1000]
+        assert ws.close_code == 1000
+    finally:
+        server.close()
+        await server.wait_closed()
