@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_CONNECTIONS = 64  # per process; the URL's max_connections overrides it
+CONTROL_CONNECTIONS = 4  # heartbeat, reaper, subscriber, ping
 MIN_REDIS_VERSION = (6, 2)
 REAP_BATCH = 500  # users cleaned per script call: keeps each call short for Redis
 RESUBSCRIBE_BACKOFF = (0.1, 2.0)  # first and longest pause between subscriber reconnects
@@ -324,6 +325,7 @@ class RedisBus(Bus):
         # Tells this run's heartbeats apart from another process using the same server id.
         self._token = f"{os.getpid()}-{secrets.token_hex(6)}"
         self._client: aioredis.Redis | None = None
+        self._control: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
         self._scripts: dict[str, Any] = {}
         self._on_envelope: EnvelopeHandler | None = None
@@ -351,20 +353,16 @@ class RedisBus(Bus):
         self._on_envelope = on_envelope
         self._on_offline = on_offline
         self._wake = asyncio.Event()
-        # A blocking pool: a burst of calls (a thousand users reconnecting after a server
-        # died) queues for a connection within ``timeout`` instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            opts.redis_url,
-            max_connections=DEFAULT_MAX_CONNECTIONS,
-            timeout=opts.timeout,
-            socket_connect_timeout=opts.timeout,
-            socket_timeout=opts.timeout,
-            # One immediate retry heals a pooled connection that died with a Redis restart;
-            # more would only make callers wait while Redis is down.
-            retry=Retry(NoBackoff(), 1),
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        # Two pools. Calls of the send and connect paths share a blocking one: a burst (a
+        # thousand users reconnecting after a server died) queues for a connection within
+        # ``timeout`` instead of failing. Heartbeats, reaping, the subscriber and ping have
+        # their own few connections, so a burst can never delay a heartbeat past ``ttl`` and
+        # make this live server look dead to the others.
+        client = self._connect(opts.redis_url, DEFAULT_MAX_CONNECTIONS)
         self._client = client
+        self._control = self._connect(
+            _without_param(opts.redis_url, "max_connections"), CONTROL_CONNECTIONS
+        )
         for name, text in (
             ("attach", ATTACH),
             ("detach", DETACH),
@@ -377,7 +375,7 @@ class RedisBus(Bus):
             self._scripts[name] = client.register_script(text)
         try:
             async with asyncio.timeout(opts.timeout * 2):
-                info = await client.info("server")
+                info = await self._ctl.info("server")
                 version = str(info.get("redis_version", "0"))
                 if _version_tuple(version) < MIN_REDIS_VERSION:
                     await self._close_client()
@@ -432,15 +430,15 @@ class RedisBus(Bus):
                     # The service detaches users as their sockets close; whatever is left
                     # is removed here without announcing anything.
                     await self._reap_entries(self.server_id, force=True)
-                    await self._client.delete(self._hb_key)
-                    await self._client.srem(f"{self._prefix}:servers", self.server_id)
+                    await self._ctl.delete(self._hb_key)
+                    await self._ctl.srem(f"{self._prefix}:servers", self.server_id)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("redis bus: could not remove this server's entries: %s", _why(exc))
         self._attached.clear()
         await self._close_client()
 
     async def ping(self) -> None:
-        await self._call("ping", lambda: self._redis.ping(), probe=True)
+        await self._call("ping", lambda: self._ctl.ping(), probe=True)
 
     # -- bus ---------------------------------------------------------------------------------
 
@@ -562,11 +560,26 @@ class RedisBus(Bus):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _connect(self, url: str, max_connections: int) -> aioredis.Redis:
+        opts = self.options
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=opts.timeout,
+            socket_connect_timeout=opts.timeout,
+            socket_timeout=opts.timeout,
+            # One immediate retry heals a pooled connection that died with a Redis restart;
+            # more would only make callers wait while Redis is down.
+            retry=Retry(NoBackoff(), 1),
+        )
+        return aioredis.Redis(connection_pool=pool)
+
     @property
-    def _redis(self) -> aioredis.Redis:
-        if self._client is None:
+    def _ctl(self) -> aioredis.Redis:
+        """The client of heartbeats, reaping, the subscriber and ping (see ``start``)."""
+        if self._control is None:
             raise Unavailable("the redis bus is not started")
-        return self._client
+        return self._control
 
     async def _call(self, what: str, op: Callable[[], Awaitable[T]], probe: bool = False) -> T:
         """Run one Redis operation within ``timeout``; map failures to ``Unavailable``.
@@ -591,16 +604,17 @@ class RedisBus(Bus):
         self._mark_up()
         return result
 
-    async def _script(self, name: str, users: list[str]) -> Any:
+    async def _script(self, name: str, users: list[str], control: bool = False) -> Any:
         script = self._scripts.get(name)
         if script is None:
             raise Unavailable("the redis bus is not started")
         args = [self._prefix, self.server_id, *users]
-        return await self._call(name, lambda: script(args=args))
+        client = self._ctl if control else None
+        return await self._call(name, lambda: script(args=args, client=client))
 
     async def _beat_once(self) -> bytes | None:
         """Refresh this server's heartbeat; return the value it replaced (None if expired)."""
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._ctl.pipeline(transaction=False)
         pipe.set(self._hb_key, self._token, px=int(self.options.ttl * 1000), get=True)
         pipe.sadd(f"{self._prefix}:servers", self.server_id)
         old, _ = await pipe.execute()
@@ -612,7 +626,7 @@ class RedisBus(Bus):
         for _ in range(3):
             changes = self._changes
             users = sorted(self._attached)
-            gone = _text(await self._script("resync", users))
+            gone = _text(await self._script("resync", users, control=True))
             if changes == self._changes:
                 break
         self._resync_needed = False
@@ -626,7 +640,7 @@ class RedisBus(Bus):
         offline: list[str] = []
         while True:
             args = [self._prefix, server, REAP_BATCH, "1" if force else "0"]
-            result = _text(await script(args=args))
+            result = _text(await script(args=args, client=self._ctl))
             offline.extend(result[1:])
             if result[0] != "more":
                 return offline
@@ -634,7 +648,10 @@ class RedisBus(Bus):
     async def _reap_dead_servers(self) -> None:
         dead = _text(
             await self._call(
-                "reap", lambda: self._scripts["dead"](args=[self._prefix, self.server_id])
+                "reap",
+                lambda: self._scripts["dead"](
+                    args=[self._prefix, self.server_id], client=self._ctl
+                ),
             )
         )
         for server in dead:
@@ -654,7 +671,7 @@ class RedisBus(Bus):
         """Clean up after ``server`` if this process wins the lock, else return None."""
         lock_ms = int(max(self.options.ttl, 1.0) * 1000)
         lock = f"{self._prefix}:reap:{server}"
-        if not await self._redis.set(lock, self.server_id, nx=True, px=lock_ms):
+        if not await self._ctl.set(lock, self.server_id, nx=True, px=lock_ms):
             return None
         return await self._reap_entries(server, force=False)
 
@@ -667,7 +684,7 @@ class RedisBus(Bus):
             log.exception("redis bus: offline handler failed for %d users", len(users))
 
     async def _subscribe(self) -> PubSub:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._ctl.pubsub(ignore_subscribe_messages=True)
         try:
             async with asyncio.timeout(self.options.timeout):
                 await pubsub.subscribe(self._channel)
@@ -719,12 +736,14 @@ class RedisBus(Bus):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _close_client(self) -> None:
-        client, self._client = self._client, None
+        clients = (self._client, self._control)
+        self._client = self._control = None
         self._scripts.clear()
-        if client is not None:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(self.options.timeout):
-                    await client.aclose(close_connection_pool=True)
+        for client in clients:
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self.options.timeout):
+                        await client.aclose(close_connection_pool=True)
 
     def _mark_down(self, exc: BaseException) -> None:
         if not self._down:
@@ -742,6 +761,12 @@ class RedisBus(Bus):
             log.info("redis bus %s: redis answers again", self.server_id)
             if self._wake is not None:
                 self._wake.set()
+
+
+def _without_param(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

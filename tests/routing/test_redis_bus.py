@@ -293,10 +293,33 @@ async def test_lost_heartbeat_makes_the_server_reassert_exactly_its_users(
     assert await raw_exists(redis_base, f"{prefix}:hb:a") == 1
 
 
+async def test_a_saturated_pool_does_not_delay_heartbeats(
+    redis_base: str, prefix: str, make_bus: BusFactory
+) -> None:
+    # Every connection of b's command pool is busy for twice the ttl (as in a burst of
+    # reconnects): b must keep heartbeating, so a never takes it for dead.
+    url = redis_bus_url(redis_base, prefix, "heartbeat=0.2&ttl=1&timeout=5&max_connections=1")
+    (a, rec_a), (b, _) = [await make_bus(url, s) for s in ("a", "b")]
+    await b.attach("busy")
+    assert isinstance(b, RedisBus) and b._client is not None
+    blocker = asyncio.create_task(b._client.blpop([f"{prefix}:nothing"], timeout=2))
+    try:
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(b.attach("queued"))  # waits for the pool's connection
+        await asyncio.sleep(2.3)
+        assert rec_a.offline == []
+        assert await a.online(["busy"]) == {"busy"}
+        assert await asyncio.wait_for(queued, 5) is True
+    finally:
+        await asyncio.wait_for(blocker, 5)
+
+
 async def test_many_users_locate_in_one_call(
     redis_base: str, prefix: str, make_bus: BusFactory
 ) -> None:
-    url = redis_bus_url(redis_base, prefix)
+    # A burst of 2000 concurrent attaches queues on the connection pool instead of failing;
+    # the timeout leaves room for a loaded machine.
+    url = redis_bus_url(redis_base, prefix, "heartbeat=0.2&ttl=1&timeout=5")
     (a, _), (b, _), (c, _) = [await make_bus(url, s) for s in ("a", "b", "c")]
     users = [f"user{i}" for i in range(2000)]
     await asyncio.gather(*(b.attach(u) for u in users[::2]), *(c.attach(u) for u in users[1::2]))
