@@ -220,3 +220,20 @@ class Store(ABC):
     @abstractmethod
     async def delete_push_subscription_by_id(self, sub_id: str) -> None:
         """Used when a push endpoint answers 404/410."""
+
+
+def newest_first(summaries: list[ConversationSummary]) -> list[ConversationSummary]:
+    """Sort as ``list_conversations`` promises: newest activity first. Two conversations active
+    in the same millisecond are told apart by their last messages' ids (snowflakes grow with
+    time), so every device lists them in the same order."""
+    summaries.sort(key=_activity, reverse=True)
+    return summaries
+
+
+def _activity(summary: ConversationSummary) -> tuple[int, int, str]:
+    last = summary.last_message
+    return (
+        summary.last_activity,
+        int(last.msg_id) if last is not None else 0,
+        summary.conversation.conv,
+    )

@@ -30,7 +30,7 @@ from chatd.models import (
     Session,
     User,
 )
-from chatd.store.base import Store
+from chatd.store.base import Store, newest_first
 
 
 @dataclass(slots=True)
@@ -293,7 +293,7 @@ class MemoryStore(Store):
                     last_activity=state.last_ts,
                 )
             )
-        summaries.sort(key=lambda s: (s.last_activity, s.conversation.conv), reverse=True)
+        newest_first(summaries)
         return summaries
 
     # -- messages and markers --------------------------------------------------------------

@@ -84,7 +84,7 @@ from chatd.models import (
     Session,
     User,
 )
-from chatd.store.base import Store
+from chatd.store.base import Store, newest_first
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -807,7 +807,7 @@ class MongoStore(Store):
 
         with self._guard():
             summaries = await self._transaction(read)
-        summaries.sort(key=lambda s: (-s.last_activity, s.conversation.conv))
+        newest_first(summaries)
         return summaries
 
     # -- messages and markers --------------------------------------------------------------

@@ -73,7 +73,7 @@ from chatd.models import (
     Session,
     User,
 )
-from chatd.store.base import Store
+from chatd.store.base import Store, newest_first
 
 # An arbitrary constant that names chatd's migration lock among the database's advisory locks.
 MIGRATION_LOCK_ID = 0x636861746401
@@ -873,7 +873,7 @@ class PostgresStore(Store):
                     last_activity=last.ts if last is not None else row["created_at"],
                 )
             )
-        summaries.sort(key=lambda s: (-s.last_activity, s.conversation.conv))
+        newest_first(summaries)
         return summaries
 
     # -- messages and markers --------------------------------------------------------------
