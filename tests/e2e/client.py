@@ -101,7 +101,8 @@ class Ws:
             return
         self.frames.append(frame)
         if frame.get("type") in ("ok", "error"):
-            fut = self._pending.pop(str(frame.get("id")), None) if frame.get("id") else None
+            rid = frame.get("id")
+            fut = self._pending.pop(rid, None) if isinstance(rid, str) else None
             if fut is not None and not fut.done():
                 fut.set_result(frame)
             else:

@@ -157,3 +157,76 @@ async def test_revoking_a_token_closes_every_socket_of_that_token(h: Harness) ->
     assert status == 204
     assert await first.wait_closed() == 4401
     assert await second.wait_closed() == 4401
+
+
+MESSAGE_FIELDS = {
+    "conv",
+    "seq",
+    "msg_id",
+    "kind",
+    "from",
+    "client_id",
+    "ts",
+    "body",
+    "media",
+    "reply_to",
+}
+
+
+async def test_message_objects_have_exactly_the_documented_fields(h: Harness) -> None:
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    b = await h.connect(bob)
+    conv = (await a.send("text", to=bob.name))["conv"]
+    ev = await b.message(conv, 1)
+    assert set(ev) == MESSAGE_FIELDS | {"type"}, ev
+    group = (await a.ok("create_group", title="fields", members=[bob.name]))["conv"]
+    sys_ev = await b.message(group, 1)
+    assert set(sys_ev) == MESSAGE_FIELDS | {"type", "event"}, sys_ev
+    assert (sys_ev["body"], sys_ev["media"], sys_ev["reply_to"], sys_ev["client_id"]) == (
+        None,
+        [],
+        None,
+        None,
+    )
+    for m in await history_all(b, group) + await history_all(b, conv):
+        assert set(m) - {"type"} in (MESSAGE_FIELDS, MESSAGE_FIELDS | {"event"}), m
+
+
+async def test_group_of_one_title_rules_and_repeated_members(h: Harness) -> None:
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    solo = (await a.ok("create_group", title="  just me  "))["conv"]
+    listing = {c["conv"]: c for c in (await a.ok("conversations"))["conversations"]}
+    assert listing[solo]["title"] == "just me"
+    assert [m["user"] for m in listing[solo]["members"]] == [alice.name]
+    assert listing[solo]["last_message"]["kind"] == "system"
+    for title in ("", "   ", "t" * 129):
+        reply = await a.error("create_group", title=title, members=[bob.name])
+        assert reply["code"] == "bad_request", (title, reply)
+    group = (
+        await a.ok("create_group", title="t" * 128, members=[bob.name, bob.name.upper(), bob.name])
+    )["conv"]
+    listing = {c["conv"]: c for c in (await a.ok("conversations"))["conversations"]}
+    assert sorted(m["user"] for m in listing[group]["members"]) == sorted([alice.name, bob.name])
+    reply = await a.error("update_group", conv=group, title=" ")
+    assert reply["code"] == "bad_request"
+
+
+async def test_mute_shows_in_conversations(h: Harness) -> None:
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    b = await h.connect(bob)
+    conv = (await a.send("x", to=bob.name))["conv"]
+    reply = await b.ok("mute", conv=conv, muted=True)
+    assert reply["muted"] is True and reply["conv"] == conv
+    listing = (await b.ok("conversations"))["conversations"]
+    assert listing[0]["muted"] is True
+    assert (await a.ok("conversations"))["conversations"][0]["muted"] is False
+    sent = await a.send("still delivered live", conv=conv)
+    await b.message(conv, sent["seq"])
+    for bad in (1, "true", None):
+        reply = await b.error("mute", conv=conv, muted=bad)
+        assert reply["code"] == "bad_request", reply
+    await b.ok("mute", conv=conv, muted=False)
+    assert (await b.ok("conversations"))["conversations"][0]["muted"] is False

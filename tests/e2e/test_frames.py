@@ -361,3 +361,16 @@ def test_table_is_json_where_it_claims_to_be() -> None:
     for case in request_cases("c", "g", "p", "t"):
         frame = json.loads(case.text)
         assert isinstance(frame, dict) and frame["id"] == case.rid
+
+
+async def test_empty_id_is_valid_and_null_id_means_none(h: Harness) -> None:
+    user = await h.user("ids")
+    conn = await h.connect(user)
+    reply = await conn.request_frame({"type": "ping", "id": ""})
+    assert reply["type"] == "ok" and reply["id"] == ""
+    await conn.send_frame({"type": "ping", "id": None})  # like no id: no reply at all
+    await conn.send_frame({"type": "nope", "id": None})  # a failure: error with id null
+    reply = await conn.orphan()
+    assert reply["code"] == "bad_request" and reply["id"] is None
+    await conn.ok("ping")
+    assert conn.orphans == []

@@ -48,6 +48,7 @@ async def test_hello_without_token_and_no_bearer_is_unauthorized(h: Harness) -> 
         {"type": "send", "id": "early", "to": "bob", "client_id": "c", "body": "x"},
         {"type": "conversations", "id": "early"},
         {"type": "history", "id": "early", "conv": "c1"},
+        {"type": "history", "id": "early", "limit": "not a number"},
     ],
 )
 async def test_request_before_hello_is_unauthorized_then_4401(
@@ -57,6 +58,17 @@ async def test_request_before_hello_is_unauthorized_then_4401(
     reply = await conn.request_frame(frame)
     assert reply["type"] == "error" and reply["code"] == "unauthorized", reply
     assert reply["id"] == "early"
+    assert await conn.wait_closed() == 4401
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"type": "nope"}'])
+async def test_malformed_frame_before_hello_is_unauthorized_then_4401(
+    h: Harness, text: str
+) -> None:
+    conn = await h.raw_ws()
+    await conn.send_raw(text)
+    reply = await conn.orphan()
+    assert reply["type"] == "error" and reply["code"] == "unauthorized", reply
     assert await conn.wait_closed() == 4401
 
 
