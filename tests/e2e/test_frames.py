@@ -8,14 +8,17 @@ null), and the connection must still answer a `ping` afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from .client import Harness, Ws, dumps
+from .client import Harness, Ws, dumps, short
 
 MISSING = object()
 
@@ -374,3 +377,122 @@ async def test_empty_id_is_valid_and_null_id_means_none(h: Harness) -> None:
     assert reply["code"] == "bad_request" and reply["id"] is None
     await conn.ok("ping")
     assert conn.orphans == []
+
+
+ERROR_CODES = {
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "too_large",
+    "rate_limited",
+    "unavailable",
+}  # never "internal": a random frame is no excuse
+REQUEST_TYPES = [
+    "send",
+    "history",
+    "conversations",
+    "receipt",
+    "typing",
+    "create_group",
+    "add_members",
+    "remove_member",
+    "leave",
+    "update_group",
+    "set_role",
+    "contacts",
+    "add_contact",
+    "remove_contact",
+    "ping",
+    "mute",
+    "hello",
+]
+FIELDS = [
+    "conv",
+    "to",
+    "client_id",
+    "body",
+    "media",
+    "reply_to",
+    "before",
+    "after",
+    "limit",
+    "kind",
+    "seq",
+    "state",
+    "title",
+    "members",
+    "user",
+    "role",
+    "muted",
+    "token",
+    "device",
+]
+
+
+def random_value(rng: random.Random, pool: list[Any], depth: int = 0) -> Any:
+    pick = rng.randrange(12)
+    if pick < 3:
+        return rng.choice(pool)
+    if pick == 3:
+        return rng.choice([0, 1, -1, 2**31, 2**63 - 1, 2**63, -(2**63), 10**18, 3])
+    if pick == 4:
+        return rng.choice([0.5, -0.0, 1e300, 1.0])
+    if pick == 5:
+        return rng.choice([True, False, None])
+    if pick == 6:
+        return "".join(rng.choice('aZ09_.-é😀 \n"\\\u2028') for _ in range(rng.randrange(0, 80)))
+    if pick == 7:
+        return "x" * rng.choice([64, 65, 128, 129, 1024, 1025, 16384, 16385])
+    if pick == 8 and depth < 3:
+        return [random_value(rng, pool, depth + 1) for _ in range(rng.randrange(0, 12))]
+    if pick == 9 and depth < 3:
+        return {rng.choice(FIELDS): random_value(rng, pool, depth + 1) for _ in range(3)}
+    return rng.choice(["start", "stop", "read", "delivered", "admin", "member", "owner", ""])
+
+
+FUZZ_SEEDS = [int(x) for x in os.environ.get("CHATD_FUZZ_SEEDS", "20261128,7,1999").split(",")]
+
+
+@pytest.mark.parametrize("seed", FUZZ_SEEDS)
+async def test_random_frames_never_crash_a_connection(h: Harness, seed: int) -> None:
+    me, peer, third = await h.users("rnd", "peer", "third")
+    conn = await h.connect(me)
+    await h.connect(peer)
+    conv = (await conn.send("setup", to=peer.name))["conv"]
+    group = (await conn.ok("create_group", title="g", members=[peer.name]))["conv"]
+    pool: list[Any] = [
+        conv,
+        group,
+        peer.name,
+        third.name,
+        me.name,
+        1,
+        2,
+        "c1",
+        ["m1"],
+        [peer.name, third.name],
+    ]
+    rng = random.Random(seed)
+    problems = []
+    for i in range(400):
+        frame: dict[str, Any] = {"type": rng.choice(REQUEST_TYPES), "id": f"f{i}"}
+        for key in rng.sample(FIELDS, rng.randrange(0, 6)):
+            frame[key] = random_value(rng, pool)
+        if frame["type"] == "hello":
+            frame["type"] = "ping"  # a second hello is not what this test is about
+        text = dumps(frame)
+        if len(text.encode()) > 65536:
+            continue
+        reply = await conn.request_text(text, f"f{i}")
+        if reply["type"] == "error" and reply.get("code") not in ERROR_CODES:
+            problems.append(f"{short(frame, 300)} -> {reply}")
+        if conn.closed:
+            problems.append(f"closed ({conn.close_code}) after {short(frame, 300)}")
+            break
+        if reply["type"] == "error" and reply["code"] == "rate_limited":
+            await asyncio.sleep(float(reply.get("retry_after", 0.2)))
+    await conn.ok("ping")
+    assert not problems, "\n".join(problems[:20])
+    assert (await h.http("GET", "/healthz"))[0] == 200
