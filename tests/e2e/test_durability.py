@@ -7,6 +7,7 @@ exactly once, with gapless seqs; this is checked by :mod:`e2e.lossck`.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,3 +206,22 @@ async def test_graceful_restart_closes_with_1001_and_keeps_history(
     a = await h.connect(alice, "again")
     nxt = await a.send("after restart", conv=conv)
     assert nxt["seq"] == before[conv]["messages"][-1]["seq"] + 1
+
+
+async def test_sigint_is_a_graceful_stop_too(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    sent = await a.send("before ctrl-c", to=bob.name)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    assert await a.wait_closed(timeout=10) == 1001
+    assert await asyncio.to_thread(server.proc.wait, 10) == 0
+    server.start()
+    status, body = await h.http(
+        "GET", f"/api/v1/conversations/{sent['conv']}/messages", token=bob.token
+    )
+    assert status == 200 and [m["body"] for m in body["messages"]] == ["before ctrl-c"]
