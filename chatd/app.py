@@ -52,7 +52,13 @@ from chatd.transport.keys import (
     STORE,
     ReadyCheck,
 )
-from chatd.transport.ws import CLOSE_GOING_AWAY, Connection, WriteCoalescer, websocket_handler
+from chatd.transport.ws import (
+    CLOSE_GOING_AWAY,
+    Connection,
+    WriteCoalescer,
+    recheck_sessions,
+    websocket_handler,
+)
 
 log = logging.getLogger("chatd")
 SLOW_CLIENT_TIMEOUT = 30.0
@@ -177,7 +183,10 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         _safe_url(app[SETTINGS].store_url),
         _safe_url(app[SETTINGS].bus),
     )
+    sweeper = asyncio.get_running_loop().create_task(recheck_sessions(app))
     yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
     await app[PRESENCE].close()
     for stop in reversed(started):
         await stop()

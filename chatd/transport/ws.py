@@ -62,7 +62,6 @@ class Connection:
         "request",
         "session",
         "settings",
-        "tasks",
         "token_hash",
         "transport",
         "typing_bucket",
@@ -92,7 +91,6 @@ class Connection:
         self.id = ids.new_token()[:16]
         self.transport = request.transport
         self.closing = False
-        self.tasks: set[asyncio.Task[None]] = set()
         self.typing_bucket = TokenBucket(
             settings.typing_per_second, max(1.0, settings.typing_per_second * 2), 2.0, 0
         )
@@ -336,7 +334,6 @@ async def _serve(
         )
     )
     await presence.connected(session.user)
-    recheck = asyncio.get_running_loop().create_task(_recheck_session(app, conn))
     dispatch = _Dispatcher(app, conn)
     try:
         async for msg in ws:
@@ -348,24 +345,29 @@ async def _serve(
                 break
     finally:
         conn.leave()
-        recheck.cancel()
         await dispatch.drain()
-        await asyncio.gather(recheck, return_exceptions=True)
 
 
-async def _recheck_session(app: web.Application, conn: Connection) -> None:
-    """Long-lived sockets re-check their session, so an expiry or a revocation that the bus
-    missed still ends them."""
+async def recheck_sessions(app: web.Application) -> None:
+    """Long-lived sockets re-check their session, so that an expiry, or a revocation that the
+    bus missed, still ends them. One sweep over every socket per interval, rather than a timer
+    per socket: idle sockets then cost no task and no memory for it."""
     interval = app[SETTINGS].session_recheck_seconds
+    accounts = app[ACCOUNTS]
     while True:
         await asyncio.sleep(interval)
-        try:
-            valid = await app[ACCOUNTS].still_valid(conn.token_hash)
-        except ChatError:
-            continue
-        if not valid:
-            conn.revoke()
-            return
+        by_session: dict[str, list[Connection]] = {}
+        for conn in list(app[CONNECTIONS]):
+            if not conn.gone:
+                by_session.setdefault(conn.token_hash, []).append(conn)
+        for token_hash, conns in by_session.items():
+            try:
+                valid = await accounts.still_valid(token_hash)
+            except ChatError:
+                continue  # the store is down: keep the sockets, check again next sweep
+            if not valid:
+                for conn in conns:
+                    conn.revoke()
 
 
 Handler = Callable[[web.Application, Connection, Any], Awaitable[dict[str, Any] | None]]
@@ -382,9 +384,9 @@ class _Dispatcher:
         self.metrics = app[METRICS]
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
-        # Set while fewer than MAX_IN_FLIGHT requests run; the reader waits on it otherwise.
-        self.room = asyncio.Event()
-        self.room.set()
+        # Made when a socket first has MAX_IN_FLIGHT requests running (most never do); the
+        # reader waits on it until one finishes.
+        self.room: asyncio.Event | None = None
 
     async def handle(self, data: str) -> None:
         conn = self.conn
@@ -403,12 +405,14 @@ class _Dispatcher:
         tasks.add(task)
         task.add_done_callback(self._done)
         if len(tasks) >= MAX_IN_FLIGHT:
+            if self.room is None:
+                self.room = asyncio.Event()
             self.room.clear()
             await self.room.wait()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if len(self.tasks) < MAX_IN_FLIGHT:
+        if self.room is not None and len(self.tasks) < MAX_IN_FLIGHT:
             self.room.set()
 
     async def _run(self, handler: Handler, req: Any) -> None:
