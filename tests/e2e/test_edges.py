@@ -230,3 +230,37 @@ async def test_mute_shows_in_conversations(h: Harness) -> None:
         assert reply["code"] == "bad_request", reply
     await b.ok("mute", conv=conv, muted=False)
     assert (await b.ok("conversations"))["conversations"][0]["muted"] is False
+
+
+async def test_pipelined_concurrent_sends_arrive_gapless_and_in_order(h: Harness) -> None:
+    users = await h.users("p0", "p1", "p2", "p3", "r0", "r1")
+    conns = [await h.connect(u) for u in users]
+    watchers = [await h.connect(u, "second") for u in users[:2]]
+    conv = (await conns[0].ok("create_group", title="pipe", members=[u.name for u in users[1:]]))[
+        "conv"
+    ]
+
+    async def burst(i: int) -> list[int]:
+        replies = await asyncio.gather(
+            *(
+                conns[i].ok("send", conv=conv, client_id=f"{i}-{n}", body=f"{i}-{n}")
+                for n in range(30)
+            )
+        )
+        return [r["seq"] for r in replies]
+
+    seqs = [s for part in await asyncio.gather(*(burst(i) for i in range(4))) for s in part]
+    assert sorted(seqs) == list(range(2, 122)), "seqs must be gapless and unique"
+    last = max(seqs)
+
+    # receivers that sent nothing, and the senders' second devices, see every message
+    for conn in conns[4:] + watchers:
+        await conn.event("message", conv=conv, seq=last, timeout=10)
+        got = [  # every frame in the order it arrived
+            f["seq"]
+            for f in conn.frames
+            if f.get("type") == "message" and f.get("conv") == conv and f["kind"] == "text"
+        ]
+        assert got == sorted(seqs), f"{conn.label}: not in seq order or incomplete: {got}"
+    history = await history_all(conns[5], conv)
+    assert [m["seq"] for m in history] == list(range(1, last + 1))
