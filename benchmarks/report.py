@@ -135,6 +135,19 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 _met(pct < 1, f"{pct}%") if pct is not None else "",
             )
         )
+        for label, figures in (("chatd", c), ("relay", r)):
+            if "still_open" in figures and figures["still_open"] < figures["connections"]:
+                dropped = figures["connections"] - figures["still_open"]
+                rows.append(
+                    Row(
+                        name,
+                        f"{label}: connections dropped while measured",
+                        dropped,
+                        None,
+                        "0",
+                        "MISSED: the CPU figure is not reliable",
+                    )
+                )
         rows.append(
             Row(
                 name,
@@ -222,6 +235,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "matplotlib is not installed: pip install 'chatd[bench]'"
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -243,6 +257,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
         plt.close(fig)
         return "no latency results to plot"
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     ax.set_xlabel("delivered messages/s (1:1, 50 pairs; rightmost point: closed loop at max)")
     ax.set_ylabel("send-to-receive latency, ms")
     ax.set_title("chatd vs the bare relay: latency against load")

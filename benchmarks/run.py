@@ -128,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
         "--idle-heartbeat",
         type=float,
         default=d.idle_heartbeat,
-        help="server heartbeat during the idle workload (CPU is scaled to 25 s)",
+        help="server heartbeat during the idle workload, scaled to 25 s in the figures "
+        "(0: N/1000 s, within 2..25 s)",
     )
     p.add_argument(
         "--idle-window",
@@ -156,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
         help="write users straight into chatd's store, or register over HTTP",
     )
     p.add_argument("--redis", default=d.redis, help="Redis for the across-processes workload")
-    p.add_argument("--plot", action="store_true", help=f"draw {PLOT_PATH.relative_to(ROOT)}")
+    p.add_argument("--plot", action="store_true", help="draw latency against offered load")
+    p.add_argument("--plot-path", type=Path, default=PLOT_PATH, help="where --plot draws")
     p.add_argument(
         "--json",
         type=Path,
@@ -195,6 +197,7 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.fanout_sizes = tuple(min(s, 300) for s in opts.fanout_sizes)
         opts.idle = min(opts.idle, 500)
         opts.idle_window = min(opts.idle_window, 4.0)
+        opts.idle_heartbeat = opts.idle_heartbeat or 1.0
         opts.history_messages = min(opts.history_messages, 100_000)
     problems = []
     if opts.pairs < 1 or opts.window < 1 or opts.driver_procs < 1:
@@ -293,8 +296,8 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     log(f"results: {path}")
     if args.plot:
-        problem = plot(bench.results, PLOT_PATH)
-        log(f"plot: {PLOT_PATH}" if problem is None else f"plot not drawn: {problem}")
+        problem = plot(bench.results, args.plot_path)
+        log(f"plot: {args.plot_path}" if problem is None else f"plot not drawn: {problem}")
     return 1 if failures else 0
 
 

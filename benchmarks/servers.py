@@ -137,6 +137,17 @@ class Driver:
             raise BenchError(f"driver {self.name}: {reply.get('message', reply)}")
         return reply
 
+    async def kill(self) -> None:
+        """Kill it (if still running), reap it and close its pipes."""
+        if self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        await self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
     async def finish(self) -> None:
         """Tell it to stop and wait for it to exit."""
         if self.proc.returncode is None and self.proc.stdin is not None:
@@ -148,8 +159,7 @@ class Driver:
         try:
             await asyncio.wait_for(self.proc.wait(), 15)
         except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            await self.kill()
 
 
 @dataclass
@@ -266,8 +276,8 @@ class Processes:
             try:
                 await asyncio.wait_for(driver.proc.wait(), 5)
             except TimeoutError:
-                driver.proc.kill()
-                await driver.proc.wait()
+                pass
+            await driver.kill()
 
     def stop_all_sync(self) -> None:
         """Last resort (no event loop): terminate, then kill, every process by pid."""

@@ -128,36 +128,12 @@ def test_a_tiny_run_measures_every_workload_and_stops_every_process(
     monkeypatch.setattr(run.Processes, "start_server", record)
     out = tmp_path / "r.json"
     only = "1to1,latency,fanout,idle" + (",history" if target == "chatd" else "")
-    code = run.main(
-        [
-            "--targets",
-            target,
-            "--only",
-            only,
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-            "--pairs",
-            "4",
-            "--rates",
-            "0.5",
-            "--fanout-sizes",
-            "12",
-            "--idle",
-            "30",
-            "--idle-window",
-            "1",
-            "--idle-heartbeat",
-            "1",
-            "--history-messages",
-            "5000",
-            "--history-sockets",
-            "2",
-            "--json",
-            str(out),
-        ]
-    )
+    args = (
+        f"--targets {target} --only {only} --duration 1 --warmup 0.3 --pairs 4 --rates 0.5 "
+        "--fanout-sizes 12 --idle 30 --idle-window 1 --idle-heartbeat 1 "
+        "--history-messages 5000 --history-sockets 2 --plot"
+    ).split()
+    code = run.main([*args, "--json", str(out), "--plot-path", str(tmp_path / "plot.png")])
     assert code == 0
     doc = orjson.loads(out.read_bytes())
     found = doc["workloads"]
@@ -169,6 +145,7 @@ def test_a_tiny_run_measures_every_workload_and_stops_every_process(
     if target == "chatd":
         assert found["history"]["pages_per_s"] > 0 and found["history"]["errors"] == 0
     assert doc["machine"]["cpus"] == os.cpu_count()
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
     assert started and not [pid for pid in started if _live(pid)]
 
 
