@@ -189,3 +189,29 @@ async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(
     await asyncio.sleep(0.5)
     assert not good.closed
     await good.ok("ping")
+
+
+async def test_connections_per_user_are_capped(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    h = harness(server_factory(max_connections_per_user=2))
+    user, other = await h.users("capped", "other")
+    first = await h.connect(user, "one")
+    second = await h.connect(user, "two")
+    third = await h.raw_ws(label="three")
+    reply = await third.request("hello", token=user.token, device="three")
+    assert reply["type"] == "error" and reply["code"] == "rate_limited", reply
+    assert await third.wait_closed() is not None
+    await first.ok("ping")
+    await second.ok("ping")
+    await h.connect(other, "one")  # the cap is per user
+    await first.close()
+    deadline = time.monotonic() + 3  # the server forgets the closed socket promptly
+    while True:
+        conn = await h.raw_ws(label="again")
+        reply = await conn.request("hello", token=user.token, device="again")
+        if reply["type"] == "ok":
+            break
+        assert time.monotonic() < deadline, f"a freed slot was not reusable: {reply}"
+        await asyncio.sleep(0.05)
+    await conn.ok("ping")
