@@ -153,8 +153,9 @@ return out
 )
 
 # ARGV: prefix, me, user... Makes the registry say that this server holds exactly these users
-# (after Redis lost them, or missed detaches while unreachable). Returns the users dropped
-# from this server's entries that no live server holds any more (they went offline).
+# (after Redis lost them, or missed attaches and detaches while unreachable). Returns
+# {gone, came}: users dropped from this server's entries that no live server holds any more
+# (they went offline), and users added that no live server held before (they came online).
 RESYNC = (
     _ALIVE
     + """
@@ -170,12 +171,15 @@ for _, user in ipairs(redis.call('SMEMBERS', skey)) do
     if not held_elsewhere(ukey, me) then gone[#gone + 1] = user end
   end
 end
+local came = {}
 for i = 3, #ARGV do
-  redis.call('SADD', prefix .. ':u:' .. ARGV[i], me)
+  local ukey = prefix .. ':u:' .. ARGV[i]
+  if not held_elsewhere(ukey, nil) then came[#came + 1] = ARGV[i] end
+  redis.call('SADD', ukey, me)
   redis.call('SADD', skey, ARGV[i])
 end
 redis.call('SADD', prefix .. ':servers', me)
-return gone
+return {gone, came}
 """
 )
 
@@ -313,6 +317,13 @@ class RedisBus(Bus):
 
     local_only = False
 
+    on_online: OfflineHandler | None = None
+    """Optional, beyond :class:`Bus`: called with the users that came online (from the other
+    servers' point of view) when this server re-registered what it holds after Redis failed:
+    users whose ``attach`` raised ``Unavailable``, users another server announced offline
+    after this one was unreachable for longer than ``ttl``, and after a Redis restart every
+    user this server holds (announcing them again repeats a status, harmless)."""
+
     def __init__(self, url: str, server_id: str) -> None:
         super().__init__(url, server_id)
         if not server_id or any(c.isspace() or c == ":" for c in server_id):
@@ -337,6 +348,7 @@ class RedisBus(Bus):
         self._changes = 0
         self._down = False
         self._resync_needed = False
+        self._closing = False
         self._duplicate_warned = False
         self._publish_failing = False
         self._pending_offline: list[str] = []
@@ -410,15 +422,9 @@ class RedisBus(Bus):
             self._tasks.append(task)
 
     async def close(self) -> None:
+        self._closing = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await task
-                except Exception:
-                    log.exception("redis bus task %s failed", task.get_name())
+        await _stop_tasks(tasks)
         if self._client is None:
             return
         pubsub, self._pubsub = self._pubsub, None
@@ -492,7 +498,7 @@ class RedisBus(Bus):
 
     async def _heartbeat_loop(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.options.heartbeat)
             except TimeoutError:
@@ -522,7 +528,7 @@ class RedisBus(Bus):
         pending, self._pending_offline = self._pending_offline, []
         if pending:
             await self._announce_offline(pending)
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.options.heartbeat)
             if self._down:
                 continue
@@ -536,7 +542,7 @@ class RedisBus(Bus):
     async def _subscriber_loop(self) -> None:
         first, longest = RESUBSCRIBE_BACKOFF
         pause = first
-        while True:
+        while not self._closing:
             try:
                 if self._pubsub is None:
                     self._pubsub = await self._subscribe()
@@ -623,16 +629,25 @@ class RedisBus(Bus):
     async def _resync(self) -> None:
         # attach/detach may run while the script is in flight; redo it if they did, so the
         # registry ends up matching what the last snapshot saw.
+        gone: list[str] = []
+        came: list[str] = []
         for _ in range(3):
             changes = self._changes
             users = sorted(self._attached)
-            gone = _text(await self._script("resync", users, control=True))
+            went, arrived = await self._script("resync", users, control=True)
+            gone.extend(_text(went))
+            came.extend(_text(arrived))
             if changes == self._changes:
                 break
         self._resync_needed = False
         log.info("redis bus %s: registered the %d users it holds", self.server_id, len(users))
         if gone:
             await self._announce_offline(gone)
+        if came and self.on_online is not None:
+            try:
+                await self.on_online(list(dict.fromkeys(came)))
+            except Exception:
+                log.exception("redis bus: online handler failed for %d users", len(came))
 
     async def _reap_entries(self, server: str, force: bool) -> list[str]:
         """Remove ``server``'s registry entries; return the users now held by nobody."""
@@ -694,7 +709,7 @@ class RedisBus(Bus):
         return pubsub
 
     async def _read(self, pubsub: PubSub) -> None:
-        """Deliver payloads until the connection fails (raises; never returns).
+        """Deliver payloads until the connection fails (raises) or the bus closes.
 
         A connection can also die silently (a network partition sends no reset), so when idle
         it pings every heartbeat and gives up on it after ``ttl`` without hearing anything.
@@ -702,7 +717,7 @@ class RedisBus(Bus):
         loop = asyncio.get_running_loop()
         heard = pinged = loop.time()
         wait = self.options.heartbeat
-        while True:
+        while not self._closing:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
             now = loop.time()
             if message is not None:
@@ -781,6 +796,25 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _why(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, logging any that failed.
+
+    On Python 3.11 a cancellation that arrives just as an ``asyncio.timeout`` expires can be
+    turned into a TimeoutError and swallowed by a loop; so the loops also check ``_closing``
+    and the cancellation is repeated until every task has ended (bounded, not forever).
+    """
+    pending = set(tasks)
+    for _ in range(100):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in pending:
+        log.error("redis bus task %s did not stop", task.get_name())
+    # A task that failed was logged when it died (_log_task_death).
 
 
 def _log_task_death(task: asyncio.Task[None]) -> None:

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatd.routing import Bus, open_bus
+from chatd.routing.redis import RedisBus
 from tests.conftest import free_port, require_backend
 
 FAST = "heartbeat=0.2&ttl=1&timeout=1"
@@ -28,16 +29,23 @@ FAST = "heartbeat=0.2&ttl=1&timeout=1"
 
 @dataclass
 class Recorder:
-    """Collects what a bus hands to the service: envelopes and offline announcements."""
+    """Collects what a bus hands to the service: envelopes, offline and online announcements."""
 
     envelopes: list[bytes] = field(default_factory=list)
     offline: list[list[str]] = field(default_factory=list)
+    online: list[list[str]] = field(default_factory=list)
 
     def on_envelope(self, payload: bytes) -> None:
         self.envelopes.append(payload)
 
     async def on_offline(self, users: list[str]) -> None:
         self.offline.append(sorted(users))
+
+    async def on_online(self, users: list[str]) -> None:
+        self.online.append(sorted(users))
+
+    def online_users(self) -> set[str]:
+        return {user for batch in self.online for user in batch}
 
     def offline_users(self) -> set[str]:
         return {user for batch in self.offline for user in batch}
@@ -93,6 +101,8 @@ async def make_bus() -> AsyncIterator[BusFactory]:
     async def make(url: str, server_id: str) -> tuple[Bus, Recorder]:
         bus = open_bus(url, server_id)
         recorder = Recorder()
+        if isinstance(bus, RedisBus):
+            bus.on_online = recorder.on_online
         await asyncio.wait_for(bus.start(recorder.on_envelope, recorder.on_offline), 10)
         started.append(bus)
         return bus, recorder

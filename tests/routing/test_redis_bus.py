@@ -18,7 +18,14 @@ import redis.asyncio as aioredis
 
 from chatd.errors import ConfigError, Unavailable
 from chatd.routing import open_bus
-from chatd.routing.redis import MIN_REDIS_VERSION, RedisBus, RedisBusOptions, _version_tuple, redact
+from chatd.routing.redis import (
+    MIN_REDIS_VERSION,
+    RedisBus,
+    RedisBusOptions,
+    _stop_tasks,
+    _version_tuple,
+    redact,
+)
 from tests.conftest import free_port
 
 from .conftest import BusFactory, PrivateRedis, eventually, redis_bus_url
@@ -99,6 +106,15 @@ async def test_unreachable_redis_is_a_config_error_at_start() -> None:
 
 async def _ignore(users: list[str]) -> None:
     return None
+
+
+async def freeze(bus: RedisBus) -> None:
+    """Make ``bus`` stop heartbeating as a hung or killed process would: its tasks end and
+    its connections close, but nothing it wrote to Redis is removed."""
+    bus._closing = True
+    await asyncio.wait_for(_stop_tasks(bus._tasks), 15)
+    bus._tasks.clear()
+    await bus._close_client()
 
 
 # -- several servers -------------------------------------------------------------------------
@@ -189,11 +205,7 @@ async def test_frozen_server_is_reaped_and_its_users_announced_offline(
     await a.attach("both")
     assert await a.locate(["only-frozen", "both"]) == {"frozen": ["only-frozen", "both"]}
     # The process stops answering: its tasks stop, its state in Redis stays.
-    for task in frozen._tasks:
-        task.cancel()
-    await asyncio.gather(*frozen._tasks, return_exceptions=True)
-    frozen._tasks.clear()
-    await frozen._close_client()
+    await freeze(frozen)
     started = time.monotonic()
 
     await eventually(
@@ -257,11 +269,7 @@ async def test_restarted_server_id_cleans_its_previous_run(
     crashed = RedisBus(url, "b")
     await crashed.start(lambda p: None, _ignore)
     await crashed.attach("stale")
-    for task in crashed._tasks:
-        task.cancel()
-    await asyncio.gather(*crashed._tasks, return_exceptions=True)
-    crashed._tasks.clear()
-    await crashed._close_client()
+    await freeze(crashed)
     # Restarted at once with the same id, before its old heartbeat expired.
     b, rec_b = await make_bus(url, "b")
     assert await a.online(["stale"]) == set()
@@ -287,6 +295,7 @@ async def test_lost_heartbeat_makes_the_server_reassert_exactly_its_users(
     finally:
         await client.aclose()
     await eventually(lambda: rec_a.offline == [["missed-detach"]], 3, "stale user announced")
+    await eventually(lambda: rec_a.online == [["kept"]], 3, "unregistered user announced back")
     assert await raw_smembers(redis_base, f"{prefix}:u:kept") == {"a"}
     assert await raw_exists(redis_base, f"{prefix}:u:missed-detach") == 0
     assert await raw_smembers(redis_base, f"{prefix}:s:a") == {"kept"}
@@ -381,6 +390,10 @@ async def test_redis_restart_is_survived_without_recreating_the_bus(
     await eventually(lambda: hears(b, "a", rec_a.envelopes), 10, "a hears b after the restart")
     assert b"lost" not in rec_b.envelopes
     assert rec_a.offline == [] and rec_b.offline == []
+    # Redis came back empty: each server announces the users it re-registered (dave's
+    # attach failed, so this is his only "came online"); carol's detach is not undone.
+    await eventually(lambda: rec_a.online_users() == {"alice", "dave"}, 5, "a announced")
+    await eventually(lambda: rec_b.online_users() == {"bob"}, 5, "b announced")
 
 
 async def test_close_while_redis_is_down_is_bounded(
