@@ -31,6 +31,11 @@ unreachable, ``publish`` drops (counted in ``dropped``), the registry calls rais
 heartbeat keeps probing. When Redis answers again the heartbeat notices (its key is gone after
 a restart, or the connection had failed) and re-registers the users this server holds, which
 it always keeps in memory.
+
+Connections: a blocking pool (``max_connections``, 64 by default) for the calls of the send and
+connect paths, where a burst waits for a free connection within ``timeout``; and a separate
+pool of a few connections for heartbeats, reaping, the subscriber and ``ping``, so that no
+burst can delay a heartbeat past ``ttl``.
 """
 
 from __future__ import annotations
