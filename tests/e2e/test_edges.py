@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 from .client import Harness, history_all
+from .server import ChatdServer, ServerFactory
 
 
 async def test_concurrent_retries_of_one_client_id_store_one_message(h: Harness) -> None:
@@ -264,3 +266,26 @@ async def test_pipelined_concurrent_sends_arrive_gapless_and_in_order(h: Harness
         assert got == sorted(seqs), f"{conn.label}: not in seq order or incomplete: {got}"
     history = await history_all(conns[5], conv)
     assert [m["seq"] for m in history] == list(range(1, last + 1))
+
+
+async def test_message_rate_limit_answers_rate_limited_and_stores_nothing(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    h = harness(server_factory(messages_per_second=2, message_burst=5))
+    alice, bob = await h.users("alice", "bob")
+    a = await h.connect(alice)
+    conv = (await a.send("first", to=bob.name))["conv"]
+    replies = await asyncio.gather(
+        *(a.request("send", conv=conv, client_id=f"flood{i}", body=f"f{i}") for i in range(12))
+    )
+    ok = [r for r in replies if r["type"] == "ok"]
+    limited = [r for r in replies if r["type"] == "error"]
+    assert len(ok) + len(limited) == 12  # every request answered: nothing dropped silently
+    assert 1 <= len(ok) <= 5 and limited, replies
+    for r in limited:
+        assert r["code"] == "rate_limited", r
+        assert isinstance(r.get("retry_after"), int | float) and r["retry_after"] > 0, r
+    history = await history_all(a, conv)
+    assert len(history) == 1 + len(ok), "a rate-limited send must store nothing"
+    await asyncio.sleep(max(r["retry_after"] for r in limited) + 0.1)
+    await a.send("after waiting", conv=conv)
