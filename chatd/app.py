@@ -125,6 +125,8 @@ def build_app(settings: Settings) -> web.Application:
     )
     presence = PresenceTracker(bus, now_ms, chat.announce_presence, settings.presence_grace)
     router.on_servers_died = presence.servers_died
+    if hasattr(bus, "on_online"):  # the Redis bus re-registers users after an outage
+        bus.on_online = presence.registered_again
     metrics = Metrics()
     metrics.gauges["chatd_connections"] = router.connection_count
     metrics.counters["chatd_messages_total"] = lambda: events.messages

@@ -91,6 +91,13 @@ class PresenceTracker:
             if not self._local.get(user):
                 await self._announce(user, False, now)
 
+    async def registered_again(self, users: list[str]) -> None:
+        """The bus re-registered users it holds after losing its backend: announce them online
+        (their followers may have heard them go offline meanwhile; a repeat is harmless)."""
+        for user in users:
+            if self._local.get(user):
+                await self._announce(user, True, None)
+
     async def _announce(self, user: str, online: bool, last_seen: int | None) -> None:
         try:
             await self.announce(user, online, last_seen)
