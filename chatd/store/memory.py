@@ -67,7 +67,7 @@ class _ConvState:
 def _check_role(role: str) -> Role:
     if role not in ROLES:
         raise BadRequest(f"unknown role {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 class MemoryStore(Store):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -357,7 +358,8 @@ async def recheck_sessions(app: web.Application) -> None:
     while True:
         await asyncio.sleep(interval)
         by_session: dict[str, list[Connection]] = {}
-        for conn in list(app[CONNECTIONS]):
+        sockets: weakref.WeakSet[Connection] = app[CONNECTIONS]
+        for conn in list(sockets):
             if not conn.gone:
                 by_session.setdefault(conn.token_hash, []).append(conn)
         for token_hash, conns in by_session.items():
