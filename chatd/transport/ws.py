@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import weakref
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
