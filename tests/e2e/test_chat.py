@@ -245,7 +245,8 @@ async def test_conversations_list(h: Harness) -> None:
 
     listing = await m.ok("conversations")
     convs = listing["conversations"]
-    assert [c["conv"] for c in convs] == [conv1, conv2, conv3]
+    order = [(c["conv"], c["last_message"]["ts"], c["last_message"]["msg_id"]) for c in convs]
+    assert [c["conv"] for c in convs] == [conv1, conv2, conv3], (order, [conv1, conv2, conv3])
     by_id = {c["conv"]: c for c in convs}
     one = by_id[conv1]
     assert one["kind"] == "direct" and one["last_seq"] == 2
