@@ -264,3 +264,17 @@ async def test_conversations_list(h: Harness) -> None:
     # the other side sees the same conversation
     other = (await c3.ok("conversations"))["conversations"]
     assert [c["conv"] for c in other] == [conv3] and other[0]["unread"] == 1
+
+
+async def test_conversations_order_follows_activity_even_within_one_millisecond(
+    h: Harness,
+) -> None:
+    me, *peers = await h.users("me", *[f"peer{i}" for i in range(8)])
+    m = await h.connect(me)
+    convs = [(await m.send("hello", to=p.name))["conv"] for p in peers]
+    order = [convs[i] for i in (3, 0, 7, 5, 1, 6, 2, 4)]
+    acks = [await m.send("again", conv=c) for c in order]  # back to back: ms ties are likely
+    listing = (await m.ok("conversations"))["conversations"]
+    got = [c["conv"] for c in listing]
+    detail = [(c["conv"], c["last_message"]["ts"], c["last_message"]["msg_id"]) for c in listing]
+    assert got == order[::-1], (detail, [a["ts"] for a in acks])
