@@ -273,3 +273,14 @@ async def test_max_group_members_is_conflict(
     await a.ok("remove_member", conv=conv, user=carol.name)
     await a.ok("add_members", conv=conv, members=[dave.name])
     assert set(await roles(a, conv)) == {alice.name, bob.name, dave.name}
+
+
+async def test_creators_other_device_learns_of_the_new_group(h: Harness) -> None:
+    alice, bob = await h.users("alice", "bob")
+    a1 = await h.connect(alice, "a1")
+    a2 = await h.connect(alice, "a2")
+    conv = (await a1.ok("create_group", title="mine", members=[bob.name]))["conv"]
+    ev = await a2.event("conversation", conv=conv)
+    assert (ev["kind"], ev["title"]) == ("group", "mine")
+    created = await a2.message(conv, 1)
+    assert created["kind"] == "system" and created["event"]["action"] == "create"
