@@ -70,6 +70,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(
                 Row("1:1 throughput (50 pairs)", f"latency {pct} ms", c.get(pct), r.get(pct))
             )
+        _lost_rows(rows, "1:1 throughput (50 pairs)", c, r)
     latency = results.get("latency", {})
     c_points = {p["fraction"]: p for p in latency.get("chatd", [])}
     r_points = {p["fraction"]: p for p in latency.get("relay", [])}
@@ -185,11 +186,31 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         )
         for pct in ("p50", "p99"):
             rows.append(Row(name, f"latency {pct} ms", cross.get(pct), relay.get(pct)))
+        _lost_rows(rows, name, cross, {})
     for key, value in results.items():
         if isinstance(value, dict) and "error" in value:
             first_line = str(value["error"]).splitlines()[0] if value["error"] else "?"
             rows.append(Row(key, "FAILED", None, None, "", first_line[:160]))
     return rows
+
+
+def _lost_rows(rows: list[Row], name: str, c: dict[str, Any], r: dict[str, Any]) -> None:
+    """Rows for messages never delivered and set-up retries, only when there were any."""
+    for key, metric in (
+        ("undelivered", "messages never delivered"),
+        ("setup_retries", "first messages sent again in set-up"),
+    ):
+        if c.get(key) or r.get(key):
+            rows.append(
+                Row(
+                    name,
+                    metric,
+                    c.get(key),
+                    r.get(key),
+                    "0",
+                    "MISSED: live delivery lost messages" if c.get(key) else "",
+                )
+            )
 
 
 def _cell(value: float | int | None) -> str:

@@ -248,6 +248,8 @@ async def pairs_phase(
         **hist.summary(),
         **errors_of(phase.results),
         "dropped": sum(r.get("dropped", 0) for r in phase.results),
+        "undelivered": sum(r.get("undelivered", 0) for r in phase.results),
+        "setup_retries": sum(r.get("setup_retries", 0) for r in phase.readies),
         "server_cpu": phase.server_cpu,
         "driver_cpu": [r["cpu"] for r in phase.results],
     }
@@ -284,7 +286,8 @@ async def one_to_one(bench: Bench, with_latency: bool) -> None:
 def fmt_pairs(r: dict[str, Any]) -> str:
     return (
         f"{r['msgs_per_s']:,} msgs/s  p50 {r.get('p50')} ms  p99 {r.get('p99')} ms  "
-        f"p99.9 {r.get('p99.9')} ms  errors {r['errors']}  server cpu {r['server_cpu']}  "
+        f"p99.9 {r.get('p99.9')} ms  errors {r['errors']}  undelivered {r['undelivered']}  "
+        f"set-up retries {r['setup_retries']}  server cpu {r['server_cpu']}  "
         f"driver cpu {r['driver_cpu']}"
     )
 
