@@ -519,3 +519,22 @@ class RawWs:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def http_history_all(h: Harness, token: str, conv: str, page: int = 100) -> list[Frame]:
+    """Every message of ``conv`` over ``GET /api/v1/conversations/{conv}/messages``."""
+    messages: list[Frame] = []
+    after = 0
+    while True:
+        status, body = await h.http(
+            "GET",
+            f"/api/v1/conversations/{conv}/messages",
+            token=token,
+            params={"after": str(after), "limit": str(page)},
+        )
+        assert status == 200, (status, body)
+        messages += body["messages"]
+        if not body["more"]:
+            return messages
+        assert body["messages"], f"more=true with an empty page: {body}"
+        after = body["messages"][-1]["seq"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import Closed, Frame, Harness, User, Ws, history_all
+from .client import Closed, Frame, Harness, User, Ws, history_all, http_history_all
 from .lossck import Sent, check
 from .server import ChatdServer, ServerFactory
 
@@ -159,8 +159,12 @@ async def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(
     for conn in conns:
         assert await conn.wait_closed() == 1001
     server.start()
-    report = check([a.as_sent() for a in attempts], await all_histories(h, users))
+    histories = await all_histories(h, users)
+    report = check([a.as_sent() for a in attempts], histories)
     report.assert_ok(allow_unexpected=False)
+    for conv, messages in histories.items():  # HTTP shows the same histories
+        member = next(u for u in users if any(m["from"] == u.name for m in messages))
+        assert await http_history_all(h, member.token, conv) == messages
 
 
 async def test_graceful_restart_closes_with_1001_and_keeps_history(
