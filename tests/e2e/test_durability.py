@@ -229,3 +229,51 @@ async def test_sigint_is_a_graceful_stop_too(
         "GET", f"/api/v1/conversations/{sent['conv']}/messages", token=bob.token
     )
     assert status == 200 and [m["body"] for m in body["messages"]] == ["before ctrl-c"]
+
+
+async def test_kill_9_during_group_changes_keeps_every_acknowledged_change(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    server = server_factory()
+    h = harness(server)
+    users, conns, targets = await load(h)
+    guest = await h.user("guest")
+    group = targets[0][0]["conv"]
+    attempts: list[Attempt] = []
+    changes: list[tuple[str, int]] = []  # (action, seq) of every acknowledged change
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        for i in range(200):
+            action = "add" if i % 2 == 0 else "remove"
+            try:
+                if action == "add":
+                    reply = await conns[0].request("add_members", conv=group, members=[guest.name])
+                else:
+                    reply = await conns[0].request("remove_member", conv=group, user=guest.name)
+            except (Closed, ConnectionError, aiohttp.ClientError, AssertionError):
+                return
+            assert reply["type"] == "ok", reply
+            assert isinstance(reply.get("seq"), int), reply
+            changes.append((action, reply["seq"]))
+
+    tasks = [asyncio.create_task(churn())] + [
+        asyncio.create_task(pump(conns[i], users[i], [targets[i][0]], attempts, stop, limit=150))
+        for i in range(1, 4)
+    ]
+
+    async def enough() -> None:
+        while len(changes) < 20 or sum(a.acked for a in attempts) < 40:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(enough(), 20)
+    server.kill()
+    await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    server.start()
+    histories = await all_histories(h, users)
+    check([a.as_sent() for a in attempts], histories).assert_ok(allow_unexpected=False)
+    by_seq = {m["seq"]: m for m in histories[group]}
+    for action, seq in changes:
+        m = by_seq.get(seq)
+        assert m is not None and m["kind"] == "system", (action, seq, m)
+        assert m["event"]["action"] == action and m["event"]["users"] == [guest.name], m
