@@ -278,3 +278,37 @@ async def test_conversations_order_follows_activity_even_within_one_millisecond(
     got = [c["conv"] for c in listing]
     detail = [(c["conv"], c["last_message"]["ts"], c["last_message"]["msg_id"]) for c in listing]
     assert got == order[::-1], (detail, [a["ts"] for a in acks])
+
+
+async def test_reconnecting_client_catches_up_with_conversations_and_history(h: Harness) -> None:
+    alice, bob, carol = await h.users("alice", "bob", "carol")
+    a = await h.connect(alice)
+    b = await h.connect(bob)
+    c = await h.connect(carol)
+    direct = (await a.send("seen live", to=bob.name))["conv"]
+    group = (await a.ok("create_group", title="g", members=[bob.name, carol.name]))["conv"]
+    await b.message(direct, 1)
+    await b.message(group, 1)
+    held = {direct: 1, group: 1}  # what bob's client has
+    await b.close()
+    for i in range(3):
+        await a.send(f"missed {i}", conv=direct)
+        await c.send(f"group missed {i}", conv=group)
+    await a.ok("add_members", conv=group, members=[(await h.user("dave")).name])
+
+    b = await h.connect(bob, "back")
+    listing = {x["conv"]: x for x in (await b.ok("conversations"))["conversations"]}
+    caught: dict[str, list[Frame]] = {}
+    for conv, have in held.items():
+        assert listing[conv]["last_seq"] > have
+        reply = await b.ok("history", conv=conv, after=have)
+        caught[conv] = reply["messages"]
+        assert [m["seq"] for m in reply["messages"]] == list(
+            range(have + 1, listing[conv]["last_seq"] + 1)
+        )
+    assert [m["body"] for m in caught[direct]] == [f"missed {i}" for i in range(3)]
+    assert [m["body"] for m in caught[group] if m["kind"] == "text"] == [
+        f"group missed {i}" for i in range(3)
+    ]
+    assert caught[group][-1]["kind"] == "system"
+    assert listing[direct]["unread"] == 4 and listing[group]["unread"] == 5
