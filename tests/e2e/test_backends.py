@@ -177,3 +177,18 @@ async def test_kill_9_and_restart_keep_everything(
     backend_server.start()
     a = await h.connect(alice, "third")
     assert await history_all(a, conv) == history
+
+
+async def test_conversations_order_within_one_millisecond(
+    backend_server: ChatdServer, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    h = harness(backend_server)
+    me, *peers = await h.users("me", *[f"peer{i}" for i in range(6)])
+    m = await h.connect(me)
+    convs = [(await m.send("hello", to=p.name))["conv"] for p in peers]
+    order = [convs[i] for i in (2, 0, 5, 1, 4, 3)]
+    for conv in order:
+        await m.send("again", conv=conv)  # back to back: several land in one millisecond
+    listing = (await m.ok("conversations"))["conversations"]
+    detail = [(c["conv"], c["last_message"]["ts"], c["last_message"]["msg_id"]) for c in listing]
+    assert [c["conv"] for c in listing] == order[::-1], detail
