@@ -13,12 +13,14 @@ import json
 import os
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from .client import Harness, Ws, dumps, short
+from .server import ChatdServer, ServerFactory
 
 MISSING = object()
 
@@ -304,7 +306,7 @@ async def test_body_over_max_body_chars_is_refused(h: Harness) -> None:
     me, peer = await h.users("toolong", "peer")
     conn = await h.connect(me)
     reply = await conn.error("send", to=peer.name, client_id="c1", body="b" * 16385)
-    assert reply["code"] in ("bad_request", "too_large"), reply
+    assert reply["code"] == "too_large", reply  # docs/protocol.md: the one non-bad_request case
     await conn.ok("ping")
 
 
@@ -496,3 +498,18 @@ async def test_random_frames_never_crash_a_connection(h: Harness, seed: int) -> 
     await conn.ok("ping")
     assert not problems, "\n".join(problems[:20])
     assert (await h.http("GET", "/healthz"))[0] == 200
+
+
+async def test_size_limits_follow_their_flags(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    h = harness(server_factory(max_body_chars=10, max_frame_bytes=2048))
+    me, peer = await h.users("flags", "peer")
+    conn = await h.connect(me)
+    sent = await conn.send("x" * 10, to=peer.name)
+    reply = await conn.error("send", conv=sent["conv"], client_id="long", body="x" * 11)
+    assert reply["code"] == "too_large", reply
+    reply = await conn.request_text(frame_of_size(2048, {"type": "ping", "id": "edge"}), "edge")
+    assert reply["id"] == "edge"
+    await conn.send_raw(frame_of_size(2049, {"type": "ping", "id": "over"}))
+    assert await conn.wait_closed() == 1009
