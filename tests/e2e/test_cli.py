@@ -142,3 +142,12 @@ def test_user_command_errors_are_one_clear_line(
     assert result.returncode != 0, (args, result.stdout)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+async def test_settings_from_environment_and_flags_win(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    from_env = harness(server_factory(env={"CHATD_REGISTRATION": "closed"}))
+    assert (await from_env.register("env_closed"))[0] == 403
+    overridden = harness(server_factory(env={"CHATD_REGISTRATION": "closed"}, registration="open"))
+    assert (await overridden.register("flag_open"))[0] == 201
