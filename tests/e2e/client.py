@@ -55,7 +55,7 @@ class Ws:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, label: str) -> None:
         self.ws = ws
         self.label = label
-        self.frames: list[Frame] = []  # everything received, in order (for debugging)
+        self.frames: list[Frame] = []  # every JSON frame received, in arrival order
         self.events: list[Frame] = []  # events not yet taken by a test
         self.orphans: list[Frame] = []  # replies whose id matched no pending request
         self.non_json: list[str] = []
