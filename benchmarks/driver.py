@@ -42,7 +42,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -272,7 +272,7 @@ async def run_pairs(job: dict[str, Any], ctl: Control) -> None:
                 pair.send(now)
         cpu0, cpu1 = await measure_cpu(clock)
     else:
-        cpu0, cpu1 = await open_loop(pairs, float(rate), cap, clock, counters)
+        cpu0, cpu1 = await open_loop(pairs, float(cast(float, rate)), cap, clock, counters)
     await asyncio.sleep(1.0)  # let what was sent before t_end land
     counters.sent = sum(p.n for p in pairs)
     result = result_of(counters, clock, cpu0, cpu1)

@@ -52,14 +52,12 @@ class Relay:
 
     async def register(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
-        return web.json_response({"user": body["username"]}, status=201, dumps=_dumps)
+        return _json({"user": body["username"]}, 201)
 
     async def login(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         user = body["username"]
-        return web.json_response(
-            {"token": user, "user": user, "expires_at": 0}, status=201, dumps=_dumps
-        )
+        return _json({"token": user, "user": user, "expires_at": 0}, 201)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=65536)
@@ -184,6 +182,10 @@ class Relay:
 
 def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def _json(obj: Any, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,8 +17,9 @@ import orjson
 import pytest
 
 from benchmarks import run
-from benchmarks.provision import prefill_history, store_accounts
+from benchmarks.provision import http_accounts, prefill_history, store_accounts
 from benchmarks.report import Row, build_rows, table
+from benchmarks.servers import Processes
 from benchmarks.stats import Histogram
 
 
@@ -118,14 +119,14 @@ def test_a_tiny_run_measures_every_workload_and_stops_every_process(
     tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[int] = []
-    real_start = run.Processes.start_server
+    real_start = Processes.start_server
 
-    def record(self: run.Processes, *args: Any, **kwargs: Any) -> Any:
+    def record(self: Processes, *args: Any, **kwargs: Any) -> Any:
         proc = real_start(self, *args, **kwargs)
         started.append(proc.pid)
         return proc
 
-    monkeypatch.setattr(run.Processes, "start_server", record)
+    monkeypatch.setattr(Processes, "start_server", record)
     out = tmp_path / "r.json"
     only = "1to1,latency,fanout,idle" + (",history" if target == "chatd" else "")
     args = (
@@ -214,3 +215,21 @@ async def test_the_lean_client_speaks_rfc6455_to_a_hand_written_server() -> None
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_http_provisioning_registers_and_logs_in_through_the_real_api(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.workloads import ws_request
+
+    procs = Processes()
+    try:
+        server = await procs.chatd(tmp_path)
+        accounts = await http_accounts(server.http_url, ["http_a", "http_b"])
+        reply = await ws_request(server, accounts[0].token, {"type": "ping", "id": "p"})
+        assert reply["type"] == "ok"
+        relay = await procs.relay(tmp_path)
+        relayed = await http_accounts(relay.http_url, ["someone"])
+        assert relayed[0].token == "someone"
+    finally:
+        await procs.stop_all()

@@ -60,11 +60,11 @@ class RawWebSocket(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         headers = "".join(f"{k}: {v}\r\n" for k, v in self._extra.items())
-        transport.write(
+        self.transport.write(
             (
                 f"GET {self._path} HTTP/1.1\r\nHost: {self._host}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
