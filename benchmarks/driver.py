@@ -37,6 +37,7 @@ import asyncio
 import gc
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -653,6 +654,9 @@ async def amain() -> int:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the orchestrator decides, and
+    # stops every driver by its pid.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile()
     try:
         import uvloop

@@ -27,12 +27,12 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 
 from benchmarks.report import build_rows, plot, table
-from benchmarks.servers import ROOT, BenchError, Processes
+from benchmarks.servers import ROOT, BenchError, Interrupted, Processes
 from benchmarks.workloads import (
     TARGETS,
     WORKLOAD_FUNCS,
@@ -229,6 +229,7 @@ async def run_workloads(bench: Bench, selected: tuple[str, ...]) -> list[str]:
         if name in WORKLOAD_FUNCS and name in selected
     ]
     for name, func in plan:
+        bench.procs.check()
         started = time.monotonic()
         bench.log(f"[{name}]")
         try:
@@ -267,6 +268,16 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
         print(text, flush=True)
 
     bench = Bench(opts, procs, workdir, log)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def interrupt() -> None:
+        procs.interrupted = True
+        if main_task is not None:
+            main_task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     log(
@@ -301,15 +312,10 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
     return 1 if failures else 0
 
 
-def _on_sigterm(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         import uvloop  # noqa: F401  (the drivers and servers use it; the orchestrator idles)
     except ImportError:
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(amain(args, procs, workdir))
     except BenchError as exc:
         print(f"benchmark error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted, asyncio.CancelledError):
         print("interrupted: stopping every server and driver", file=sys.stderr)
         code = 130
     finally:

@@ -38,6 +38,10 @@ class BenchError(Exception):
     """A workload could not run; the message says why (and where the server's log is)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: stop everything and leave."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,10 +95,11 @@ class Server:
         except OSError:
             return ""
 
-    async def wait_healthy(self, within: float = 30.0) -> None:
+    async def wait_healthy(self, procs: Processes, within: float = 30.0) -> None:
         deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
+                procs.check()
                 if self.proc.poll() is not None:
                     raise BenchError(
                         f"{self.name} exited with status {self.proc.returncode} before it was "
@@ -168,10 +173,18 @@ class Processes:
 
     servers: list[Server] = field(default_factory=list)
     drivers: list[Driver] = field(default_factory=list)
+    # Set by the signal handler. Cancelling the main task alone is not enough: a timeout
+    # inside a library can turn that cancellation into a TimeoutError that a retry loop eats.
+    interrupted: bool = False
+
+    def check(self) -> None:
+        if self.interrupted:
+            raise Interrupted("interrupted")
 
     def start_server(
         self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        self.check()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -198,7 +211,7 @@ class Processes:
         ]
         server = Server("relay", self.start_server("relay", argv, log), port, log)
         self.servers.append(server)
-        await server.wait_healthy()
+        await server.wait_healthy(self)
         return server
 
     async def chatd(
@@ -240,10 +253,11 @@ class Processes:
         log = workdir / f"{name}.log"
         server = Server(name, self.start_server(name, argv, log, env), port, log)
         self.servers.append(server)
-        await server.wait_healthy()
+        await server.wait_healthy(self)
         return server
 
     async def driver(self, name: str, job: dict[str, Any]) -> Driver:
+        self.check()
         proc = await asyncio.create_subprocess_exec(
             python(),
             "-m",
