@@ -158,6 +158,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis", default=d.redis, help="Redis for the across-processes workload")
     p.add_argument("--plot", action="store_true", help="draw latency against offered load")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample chatd with py-spy in each measured window and print its hot spots",
+    )
     p.add_argument("--plot-path", type=Path, default=PLOT_PATH, help="where --plot draws")
     p.add_argument(
         "--json",
@@ -190,6 +195,7 @@ def options_from(args: argparse.Namespace) -> Options:
         redis=args.redis,
         provision=args.provision,
         targets=args.targets,
+        profile=args.profile,
     )
     if args.quick:
         opts.duration = min(opts.duration, 3.0)
@@ -279,6 +285,8 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupt)
     started = datetime.now(UTC)
+    if opts.profile:
+        bench.profile_dir = RESULTS_DIR / f"{started:%Y-%m-%dT%H-%M-%SZ}-profiles"
     t0 = time.monotonic()
     log(
         f"chatd benchmarks, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "

@@ -233,3 +233,22 @@ async def test_http_provisioning_registers_and_logs_in_through_the_real_api(
         assert relayed[0].token == "someone"
     finally:
         await procs.stop_all()
+
+
+def test_a_profile_summary_names_threads_and_their_own_time(tmp_path: Path) -> None:
+    from benchmarks.profile import format_summary, summarize
+
+    raw = tmp_path / "p.raw"
+    raw.write_text(
+        "thread (1): MainThread;run (a/runners.py:118) 6\n"
+        "thread (1): MainThread;send (chatd/service/chat.py:85) 2\n"
+        "thread (2): writer:/tmp/x.db;_writer_main (chatd/store/sqlite.py:9);"
+        "commit (chatd/store/sqlite.py:573) 2\n"
+    )
+    summary = summarize(raw)
+    assert summary["samples"] == 10
+    main = summary["threads"]["MainThread"]
+    assert main["share"] == 0.8 and main["self"][0] == ("run (runners.py:118)", 0.75)
+    writer = summary["threads"]["writer (_writer_main)"]
+    assert writer["self"] == [("commit (sqlite.py:573)", 1.0)]
+    assert "MainThread: 80% of samples" in "\n".join(format_summary("chatd", summary))

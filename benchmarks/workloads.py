@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchmarks import profile as profiling
 from benchmarks.provision import (
     Account,
     http_accounts,
@@ -56,6 +57,7 @@ class Options:
     redis: str = "redis://127.0.0.1:6379/0"
     provision: str = "store"  # or "http"
     targets: tuple[str, ...] = TARGETS
+    profile: bool = False  # sample chatd with py-spy during the measured windows
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Bench:
     log: Callable[[str], None]
     results: dict[str, Any] = field(default_factory=dict)
     counter: int = 0
+    profile_dir: Path | None = None
 
     def fresh_dir(self, name: str) -> Path:
         self.counter += 1
@@ -146,10 +149,16 @@ async def run_phase(
     *,
     go_extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     ready_timeout: float = 120.0,
+    profile: str | None = None,
 ) -> Phase:
-    """Start one driver per job, wait until all are ready, run warm-up + measured window."""
+    """Start one driver per job, wait until all are ready, run warm-up + measured window.
+
+    With ``--profile``, a phase given a ``profile`` label has each server sampled by py-spy
+    over the measured window.
+    """
     opts = bench.options
     drivers: list[Driver] = []
+    samplers: list[tuple[Server, Path, asyncio.subprocess.Process]] = []
     try:
         for name, job in jobs:
             drivers.append(await bench.procs.driver(name, job))
@@ -163,13 +172,35 @@ async def run_phase(
             await driver.send(go)
         await sleep_until(t_measure)
         cpu0 = [s.cpu_seconds() for s in servers]
+        if profile and opts.profile and bench.profile_dir is not None:
+            for server in servers:
+                out = bench.profile_dir / f"{profile}-{server.name}.raw"
+                sampler = await profiling.record(server.pid, opts.duration, out)
+                if sampler is None:
+                    bench.log("    (--profile: py-spy is not installed; pip install py-spy)")
+                    break
+                samplers.append((server, out, sampler))
         await sleep_until(t_end)
         cpu1 = [s.cpu_seconds() for s in servers]
         results = list(
             await asyncio.gather(*(d.expect("result", 60 + opts.duration) for d in drivers))
         )
         await asyncio.gather(*(d.finish() for d in drivers))
+        for server, out, sampler in samplers:
+            await asyncio.wait_for(sampler.wait(), 30)
+            if out.exists():
+                summary = profiling.summarize(out)
+                bench.results.setdefault("profiles", {})[f"{profile}/{server.name}"] = {
+                    "raw": str(out),
+                    **summary,
+                }
+                for line in profiling.format_summary(f"{server.name}, {profile}", summary):
+                    bench.log(line)
     finally:
+        for _, _, sampler in samplers:
+            if sampler.returncode is None:
+                sampler.kill()
+                await sampler.wait()
         for driver in drivers:
             if driver in bench.procs.drivers:
                 bench.procs.drivers.remove(driver)
@@ -181,6 +212,11 @@ async def run_phase(
         [round((b - a) / seconds, 3) for a, b in zip(cpu0, cpu1, strict=True)],
         seconds,
     )
+
+
+def _label(target: str, name: str) -> str | None:
+    """Only chatd is profiled: the relay is the yardstick."""
+    return name if target == "chatd" else None
 
 
 async def sleep_until(t_ns: int) -> None:
@@ -231,6 +267,7 @@ async def pairs_phase(
     specs: list[dict[str, str]],
     servers: Sequence[Server],
     rate_per_pair: float | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     opts = bench.options
     jobs = [
@@ -240,7 +277,7 @@ async def pairs_phase(
         )
         for i, chunk in enumerate(split(specs, opts.driver_procs))
     ]
-    phase = await run_phase(bench, jobs, servers)
+    phase = await run_phase(bench, jobs, servers, profile=profile)
     received = sum(r["received"] for r in phase.results)
     hist = latency(phase.results)
     return {
@@ -265,7 +302,7 @@ async def one_to_one(bench: Bench, with_latency: bool) -> None:
         try:
             specs = pair_specs(accounts, [server.ws_url], [server.ws_url])
             bench.log(f"  1:1 {target}: {opts.pairs} pairs, {opts.window} in flight each")
-            best = await pairs_phase(bench, specs, [server])
+            best = await pairs_phase(bench, specs, [server], profile=_label(target, "1to1"))
             bench.results.setdefault("1to1", {})[target] = best
             bench.log(f"    {fmt_pairs(best)}")
             if not with_latency:
@@ -274,7 +311,13 @@ async def one_to_one(bench: Bench, with_latency: bool) -> None:
             for fraction in opts.rates:
                 offered = best["msgs_per_s"] * fraction
                 bench.log(f"  latency {target} at {fraction:.0%} of max: {offered:.0f} msgs/s")
-                point = await pairs_phase(bench, specs, [server], offered / opts.pairs)
+                point = await pairs_phase(
+                    bench,
+                    specs,
+                    [server],
+                    offered / opts.pairs,
+                    profile=_label(target, f"latency{fraction:g}"),
+                )
                 point = {"fraction": fraction, "offered": round(offered), **point}
                 points.append(point)
                 bench.log(f"    {fmt_pairs(point)}")
@@ -364,6 +407,7 @@ async def fanout(bench: Bench) -> None:
                     jobs,
                     [server],
                     go_extra=lambda readies: {"udp_port": readies[-1]["udp_port"]},
+                    profile=_label(target, f"fanout{size}"),
                 )
                 receivers, sender = phase.results[:-1], phase.results[-1]
                 deliveries = sum(r["received"] for r in receivers)
@@ -534,6 +578,7 @@ async def history(bench: Bench) -> None:
                 )
             ],
             [server],
+            profile="history",
         )
         pages = sum(r["received"] for r in phase.results)
         result: dict[str, Any] = {
@@ -550,7 +595,7 @@ async def history(bench: Bench) -> None:
         pair_accounts = [a for a in accounts if not a.user.startswith("hist_")]
         specs = pair_specs(pair_accounts, [server.ws_url], [server.ws_url])
         bench.log(f"  1:1 with the {opts.history_messages:,}-message store")
-        full = await pairs_phase(bench, specs, [server])
+        full = await pairs_phase(bench, specs, [server], profile="1to1-full-store")
         bench.log(f"    {fmt_pairs(full)}")
         result["full_1to1"] = full
     finally:
@@ -621,7 +666,7 @@ async def cross(bench: Bench) -> None:
             f"  across processes: {opts.pairs} pairs, each sender and receiver on "
             "different chatd processes, Redis bus, one SQLite file"
         )
-        result = await pairs_phase(bench, specs, servers)
+        result = await pairs_phase(bench, specs, servers, profile="cross")
         bench.log(f"    {fmt_pairs(result)}")
         bench.results["cross"] = result
     finally:
