@@ -274,6 +274,7 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
         print(text, flush=True)
 
     bench = Bench(opts, procs, workdir, log)
+    load_before = os.getloadavg()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
 
@@ -300,12 +301,16 @@ async def amain(args: argparse.Namespace, procs: Processes, workdir: Path) -> in
     rows = build_rows(bench.results)
     log("")
     log(table(rows))
-    log(f"\n(total {elapsed:.0f} s)")
+    log(
+        f"\n(total {elapsed:.0f} s; load average before {load_before[0]:.2f}, "
+        f"after {os.getloadavg()[0]:.2f})"
+    )
     document = {
         "date": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
-        "machine": machine(),
+        # Other work on the machine takes CPU from the servers and the drivers alike.
+        "machine": {**machine(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "options": asdict(opts),
         "workloads": bench.results,
         "rows": [row.as_json() for row in rows],

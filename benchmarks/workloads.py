@@ -43,7 +43,7 @@ class Options:
     pairs: int = 50
     window: int = 32
     driver_procs: int = 1
-    rates: tuple[float, ...] = (0.25, 0.5)
+    rates: tuple[float, ...] = (0.25, 0.5, 0.75)
     fanout_sizes: tuple[int, ...] = (100, 1000)
     fanout_window: int = 10
     fanout_procs: int = 0  # 0: one receiver process per 400 members, at least one
