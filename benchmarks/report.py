@@ -71,6 +71,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 Row("1:1 throughput (50 pairs)", f"latency {pct} ms", c.get(pct), r.get(pct))
             )
         _lost_rows(rows, "1:1 throughput (50 pairs)", c, r)
+        _cpu_rows(rows, "1:1 throughput (50 pairs)", c, r)
     latency = results.get("latency", {})
     c_points = {p["fraction"]: p for p in latency.get("chatd", [])}
     r_points = {p["fraction"]: p for p in latency.get("relay", [])}
@@ -109,6 +110,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(Row(name, "p50 ms, each member", c.get("p50"), r.get("p50")))
         rows.append(Row(name, "p99 ms, each member", c.get("p99"), r.get("p99")))
         rows.append(Row(name, "p99 ms, last member", c.get("last_p99"), r.get("last_p99")))
+        _cpu_rows(rows, name, c, r)
     idle = results.get("idle", {})
     if idle:
         c, r = idle.get("chatd", {}), idle.get("relay", {})
@@ -209,6 +211,19 @@ def _lost_rows(rows: list[Row], name: str, c: dict[str, Any], r: dict[str, Any])
             rows.append(
                 Row(name, metric, c.get(key), r.get(key), "0", missed if c.get(key) else "")
             )
+
+
+def _cpu_rows(rows: list[Row], name: str, c: dict[str, Any], r: dict[str, Any]) -> None:
+    """Who used the two cores: a driver near 1.0 per process would be measuring itself."""
+
+    def total(figures: dict[str, Any], key: str) -> float | None:
+        values = figures.get(key)
+        return round(sum(values), 2) if values else None
+
+    rows.append(Row(name, "server CPU, cores", total(c, "server_cpu"), total(r, "server_cpu")))
+    rows.append(
+        Row(name, "driver CPU, cores (all drivers)", total(c, "driver_cpu"), total(r, "driver_cpu"))
+    )
 
 
 def _cell(value: float | int | None) -> str:
