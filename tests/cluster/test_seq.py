@@ -24,13 +24,21 @@ async def pg_store() -> AsyncIterator[str]:
     if not tcp_reachable("127.0.0.1", 5432):
         require_backend("postgres", "nothing listens on 127.0.0.1:5432")
     name = "chatd_cl_" + uuid.uuid4().hex[:10]
-    admin = await asyncio.wait_for(asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test"), 10)
+    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
+    admin = await asyncio.wait_for(asyncpg.connect(admin_url), 10)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        # a fresh connection: a test may have restarted PostgreSQL meanwhile
+        admin = await asyncio.wait_for(asyncpg.connect(admin_url), 10)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest.fixture
