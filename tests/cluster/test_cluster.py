@@ -78,3 +78,22 @@ async def test_one_publish_per_remote_server(
     await sd.send("y", conv=conv2)
     await asyncio.sleep(0.2)
     assert await publishes(hs[0]) - before == 0
+
+
+async def test_direct_messages_reach_both_users_devices_once(
+    trio: list[ChatdServer], harness: Callable[[ChatdServer], Harness]
+) -> None:
+    hs = [harness(s) for s in trio]
+    a, b = await hs[0].users("a", "b")
+    conns = {(u.name, i): await h.connect(u, f"d{i}") for u in (a, b) for i, h in enumerate(hs)}
+    sending = conns[(a.name, 0)]
+    first = await sending.send("m0", to=b.name)
+    conv = first["conv"]
+    seqs = [first["seq"]] + [(await sending.send(f"m{n}", conv=conv))["seq"] for n in range(1, 5)]
+    for conn in conns.values():
+        if conn is not sending:
+            await wait_peek(conn, conv, seqs[-1])
+    await asyncio.sleep(0.3)
+    for key, conn in conns.items():
+        got = [ev["seq"] for ev in conn.take_events("message", conv=conv) if ev["kind"] == "text"]
+        assert got == ([] if conn is sending else seqs), (key, got)
