@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -59,7 +60,7 @@ from chatd.models import (
     Session,
     User,
 )
-from chatd.store.base import Store
+from chatd.store.base import Store, newest_first
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def _session(row: Sequence[Any]) -> Session:
 def _check_role(role: str) -> Role:
     if role not in ROLES:
         raise BadRequest(f"unknown role {role!r}")
-    return cast(Role, role)
+    return role
 
 
 def _unavailable(exc: sqlite3.Error) -> Unavailable:
@@ -260,6 +261,29 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -32768")
     return conn
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(count: int, width: int) -> str:
+    """``(?,?),(?,?)`` for ``count`` rows of ``width`` values."""
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join([row] * count)
+
+
+def _marks(count: int) -> str:
+    return _rows(1, count)[1:-1]
+
+
+def _chunks(items: list[T], largest: int, unit: int = 1) -> Iterator[list[T]]:
+    """Slices of at most ``largest`` items, each a power of two times ``unit`` long, so
+    that a few distinct statements (kept in sqlite3's statement cache) serve every size."""
+    start, total = 0, len(items)
+    while start < total:
+        size = largest
+        while size > unit and size > total - start:
+            size //= 2
+        yield items[start : start + size]
+        start += size
 
 
 # -- the writer's batch ----------------------------------------------------------------------
@@ -281,18 +305,28 @@ class _Batch:
         self.markers: dict[tuple[str, str], int] = {}
 
     def flush(self, conn: sqlite3.Connection) -> None:
+        # One UPDATE ... FROM (VALUES ...) per chunk rather than one statement per row: few
+        # sqlite3 calls, so few trips through the GIL.
         if self.dirty:
-            conn.executemany(
-                "UPDATE conversations SET last_seq = ?, last_ts = ? WHERE conv = ?",
-                [(self.convs[c][0], self.convs[c][1], c) for c in self.dirty],
-            )
+            values = [x for c in self.dirty for x in (c, self.convs[c][0], self.convs[c][1])]
+            for chunk in _chunks(values, 3 * 256, 3):
+                conn.execute(
+                    "UPDATE conversations SET last_seq = v.column2, last_ts = v.column3"
+                    f" FROM (VALUES {_rows(len(chunk) // 3, 3)}) AS v"
+                    " WHERE conversations.conv = v.column1",
+                    chunk,
+                )
             self.dirty.clear()
         if self.markers:
-            conn.executemany(
-                "UPDATE members SET delivered = max(delivered, ?1), read = max(read, ?1)"
-                " WHERE conv = ?2 AND user = ?3",
-                [(seq, conv, user) for (conv, user), seq in self.markers.items()],
-            )
+            values = [x for (conv, user), seq in self.markers.items() for x in (conv, user, seq)]
+            for chunk in _chunks(values, 3 * 256, 3):
+                conn.execute(
+                    "UPDATE members SET delivered = max(delivered, v.column3),"
+                    " read = max(read, v.column3)"
+                    f" FROM (VALUES {_rows(len(chunk) // 3, 3)}) AS v"
+                    " WHERE members.conv = v.column1 AND members.user = v.column2",
+                    chunk,
+                )
             self.markers.clear()
         self.convs.clear()
 
@@ -300,15 +334,42 @@ class _Batch:
 _WriteOp = Callable[[sqlite3.Connection, _Batch], Any]
 
 
-class _Request:
-    __slots__ = ("future", "op", "plain")
+class _Append:
+    """A message to append, serialized once on the event loop's thread."""
 
-    def __init__(self, op: _WriteOp, future: asyncio.Future[Any], plain: bool) -> None:
+    __slots__ = ("event_json", "media_json", "new")
+
+    def __init__(self, new: NewMessage, media_json: bytes | None, event_json: bytes | None):
+        self.new = new
+        self.media_json = media_json
+        self.event_json = event_json
+
+    def params(self, seq: int) -> tuple[Any, ...]:
+        n = self.new
+        return (
+            *(n.conv, seq, n.msg_id, n.kind, n.sender, n.client_id, n.ts, n.body),
+            *(self.media_json, n.reply_to, self.event_json),
+        )
+
+    def message(self, seq: int) -> Message:
+        n = self.new
+        # The event is read back from its JSON: a private copy, exactly as stored.
+        event = orjson.loads(self.event_json) if self.event_json is not None else None
+        return Message(
+            *(n.conv, seq, n.msg_id, n.kind, n.sender, n.client_id, n.ts, n.body),
+            *(tuple(n.media), n.reply_to, event),
+        )
+
+
+class _Request:
+    __slots__ = ("append", "future", "op")
+
+    def __init__(self, op: _WriteOp, future: asyncio.Future[Any], append: _Append | None) -> None:
         self.op = op
         self.future = future
-        # plain: the op is an append that leaves nothing behind when it fails, so it
-        # needs neither a savepoint nor a flush of the batch before it.
-        self.plain = plain
+        # Appends run together in segments (see SQLiteStore._append_segment); ``op`` is
+        # then only the fallback.
+        self.append = append
 
 
 _STOP = object()
@@ -479,16 +540,20 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            error = _unavailable(exc)
+            error: ChatError = _unavailable(exc)
             return [(r.future, error, True) for r in requests]
         try:
-            for request in requests:
-                if request.plain:
-                    try:
-                        outcomes.append((request.future, request.op(conn, batch), False))
-                    except ChatError as exc:
-                        outcomes.append((request.future, exc, True))
+            index = 0
+            while index < len(requests):
+                request = requests[index]
+                if request.append is not None:
+                    end = index + 1
+                    while end < len(requests) and requests[end].append is not None:
+                        end += 1
+                    outcomes.extend(self._append_segment(conn, batch, requests[index:end]))
+                    index = end
                     continue
+                index += 1
                 batch.flush(conn)
                 conn.execute("SAVEPOINT op")
                 try:
@@ -522,11 +587,11 @@ class SQLiteStore(Store):
             ] + [(r.future, error, True) for r in requests[len(outcomes) :]]
         return outcomes
 
-    async def _write(self, op: _WriteOp, *, plain: bool = False) -> Any:
+    async def _write(self, op: _WriteOp, *, append: _Append | None = None) -> Any:
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put(_Request(op, future, plain))
+        self._requests.put(_Request(op, future, append))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -784,12 +849,17 @@ class SQLiteStore(Store):
         members: Collection[str],
     ) -> Message:
         """Store a message written by a group operation (in its savepoint) at ``seq``."""
-        message = self._build_message(conv, seq, new)
+        append = _Append(
+            dataclasses.replace(new, conv=conv),
+            _media_to_json(new.media),
+            orjson.dumps(new.event) if new.event is not None else None,
+        )
+        message = append.message(seq)
         try:
-            conn.execute(INSERT_MESSAGE, self._message_params(message))
+            conn.execute(INSERT_MESSAGE, append.params(seq))
         except sqlite3.IntegrityError:
             raise Conflict("client_id already used")
-        self._link_media(conn, message)
+        self._link_media(conn, conv, new.media)
         conn.execute(
             "UPDATE conversations SET last_seq = ?, last_ts = ? WHERE conv = ?",
             (seq, new.ts, conv),
@@ -916,52 +986,18 @@ class SQLiteStore(Store):
                         last_activity=last_ts,
                     )
                 )
-            summaries.sort(key=lambda s: (s.last_activity, s.conversation.conv), reverse=True)
-            return summaries
+            return newest_first(summaries)
 
         return await self._read(read)
 
     # -- messages and markers --------------------------------------------------------------
 
     @staticmethod
-    def _build_message(conv: str, seq: int, new: NewMessage) -> Message:
-        return Message(
-            conv,
-            seq,
-            new.msg_id,
-            new.kind,
-            new.sender,
-            new.client_id,
-            new.ts,
-            new.body,
-            tuple(new.media),
-            new.reply_to,
-            # A private copy, as stored: the caller keeps no handle on it.
-            orjson.loads(orjson.dumps(new.event)) if new.event is not None else None,
-        )
-
-    @staticmethod
-    def _message_params(m: Message) -> tuple[Any, ...]:
-        return (
-            m.conv,
-            m.seq,
-            m.msg_id,
-            m.kind,
-            m.sender,
-            m.client_id,
-            m.ts,
-            m.body,
-            _media_to_json(m.media),
-            m.reply_to,
-            orjson.dumps(m.event) if m.event is not None else None,
-        )
-
-    @staticmethod
-    def _link_media(conn: sqlite3.Connection, message: Message) -> None:
-        if message.media:
+    def _link_media(conn: sqlite3.Connection, conv: str, media: Sequence[MediaItem]) -> None:
+        if media:
             conn.executemany(
                 "INSERT OR IGNORE INTO message_media (media_id, conv) VALUES (?, ?)",
-                [(item.id, message.conv) for item in message.media],
+                [(item.id, conv) for item in media],
             )
 
     def _find_by_client_id(self, conn: sqlite3.Connection, sender: str, client_id: str) -> Any:
@@ -971,77 +1007,173 @@ class SQLiteStore(Store):
         ).fetchone()
 
     async def append_message(self, message: NewMessage) -> AppendResult:
-        new = message
-        media_json = _media_to_json(new.media)
-        event_json = orjson.dumps(new.event) if new.event is not None else None
+        # Serialize here, on the loop thread, so the writer thread only writes.
+        append = _Append(
+            message,
+            _media_to_json(message.media),
+            orjson.dumps(message.event) if message.event is not None else None,
+        )
+        result: AppendResult = await self._write(self._append_one_op(append), append=append)
+        return result
+
+    def _append_one_op(self, append: _Append) -> _WriteOp:
+        """One append on its own: the fallback of :meth:`_append_segment`."""
 
         def op(conn: sqlite3.Connection, batch: _Batch) -> AppendResult:
-            state = batch.convs.get(new.conv)
+            new = append.new
+            state = self._conv_state(conn, batch, new.conv)
             if state is None:
-                row = conn.execute(
-                    "SELECT last_seq, last_ts, version FROM conversations WHERE conv = ?",
-                    (new.conv,),
-                ).fetchone()
-                if row is None:
-                    raise NotFound("no such conversation")
-                state = batch.convs[new.conv] = list(row)
+                raise NotFound("no such conversation")
             users, members = self._members_of(conn, new.conv, state[2])
             if new.sender not in members:
                 raise NotFound("no such conversation")
             seq = state[0] + 1
-            params = (
-                new.conv,
-                seq,
-                new.msg_id,
-                new.kind,
-                new.sender,
-                new.client_id,
-                new.ts,
-                new.body,
-                media_json,
-                new.reply_to,
-                event_json,
-            )
             try:
-                if new.media:
-                    # Two statements: a savepoint keeps them all-or-nothing.
-                    conn.execute("SAVEPOINT media")
-                    try:
-                        conn.execute(INSERT_MESSAGE, params)
-                        conn.executemany(
-                            "INSERT OR IGNORE INTO message_media (media_id, conv) VALUES (?, ?)",
-                            [(item.id, new.conv) for item in new.media],
-                        )
-                    except BaseException:
-                        conn.execute("ROLLBACK TO media")
-                        raise
-                    finally:
-                        conn.execute("RELEASE media")
-                else:
-                    conn.execute(INSERT_MESSAGE, params)
+                conn.execute("SAVEPOINT one")  # the message and its media links, or neither
+                try:
+                    conn.execute(INSERT_MESSAGE, append.params(seq))
+                    self._link_media(conn, new.conv, new.media)
+                except BaseException:
+                    conn.execute("ROLLBACK TO one")
+                    raise
+                finally:
+                    conn.execute("RELEASE one")
             except sqlite3.IntegrityError:
                 return self._duplicate(conn, batch, new)
             state[0] = seq
             state[1] = new.ts
             batch.dirty.add(new.conv)
             batch.markers[(new.conv, new.sender)] = seq
-            stored = Message(
-                new.conv,
-                seq,
-                new.msg_id,
-                new.kind,
-                new.sender,
-                new.client_id,
-                new.ts,
-                new.body,
-                tuple(new.media),
-                new.reply_to,
-                orjson.loads(event_json) if event_json is not None else None,
-            )
-            return AppendResult(stored, False, users)
+            return AppendResult(append.message(seq), False, users)
 
-        result: AppendResult = await self._write(op, plain=True)
-        return result
+        return op
+
+    def _conv_state(self, conn: sqlite3.Connection, batch: _Batch, conv: str) -> list[int] | None:
+        state = batch.convs.get(conv)
+        if state is None:
+            row = conn.execute(
+                "SELECT last_seq, last_ts, version FROM conversations WHERE conv = ?", (conv,)
+            ).fetchone()
+            if row is None:
+                return None
+            state = batch.convs[conv] = list(row)
+        return state
+
+    def _append_segment(
+        self, conn: sqlite3.Connection, batch: _Batch, requests: list[_Request]
+    ) -> list[tuple[asyncio.Future[Any], Any, bool]]:
+        """Append a run of messages with a handful of statements in all.
+
+        Every sqlite3 call releases and retakes the GIL, and retaking it from a busy event
+        loop is what costs, not SQLite: so the conversations are read in one query, the
+        ``(sender, client_id)`` pairs checked in one query, and the rows inserted in a few
+        multi-row INSERTs. The unique index stays the last word: if an INSERT still fails,
+        the segment is rolled back and replayed one append at a time.
+        """
+        appends = [cast(_Append, r.append) for r in requests]
+        missing = list({a.new.conv for a in appends if a.new.conv not in batch.convs})
+        for chunk in _chunks(missing, 256):
+            found = conn.execute(
+                "SELECT json_group_array(json_array(conv, last_seq, last_ts, version))"
+                f" FROM conversations WHERE conv IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchone()[0]
+            for conv, last_seq, last_ts, version in orjson.loads(found):
+                batch.convs[conv] = [last_seq, last_ts, version]
+        keys = list({(a.new.sender, a.new.client_id) for a in appends if a.new.client_id})
+        taken: set[tuple[str, str]] = set()
+        for pairs in _chunks(keys, 256):
+            found = conn.execute(
+                "SELECT json_group_array(json_array(m.sender, m.client_id))"
+                f" FROM (VALUES {_rows(len(pairs), 2)}) AS v"
+                " JOIN messages m ON m.sender = v.column1 AND m.client_id = v.column2",
+                [x for key in pairs for x in key],
+            ).fetchone()[0]
+            taken.update((sender, client_id) for sender, client_id in orjson.loads(found))
+
+        # Undo information, should the INSERTs fail after all.
+        saved = {conv: list(state) for conv, state in batch.convs.items()}
+        saved_dirty, saved_markers = set(batch.dirty), dict(batch.markers)
+
+        outcomes: list[tuple[asyncio.Future[Any], Any, bool]] = []
+        rows: list[Any] = []
+        links: list[tuple[str, str]] = []
+        fresh: dict[tuple[str, str], AppendResult] = {}
+        for request, append in zip(requests, appends, strict=True):
+            new = append.new
+            state = batch.convs.get(new.conv)
+            if state is None:
+                outcomes.append((request.future, NotFound("no such conversation"), True))
+                continue
+            users, members = self._members_of(conn, new.conv, state[2])
+            if new.sender not in members:
+                outcomes.append((request.future, NotFound("no such conversation"), True))
+                continue
+            key = (new.sender, new.client_id) if new.client_id is not None else None
+            if key is not None:
+                earlier = fresh.get(key)
+                if earlier is not None:  # a retry queued in this very batch
+                    outcomes.append(
+                        (
+                            request.future,
+                            AppendResult(earlier.message, True, earlier.members),
+                            False,
+                        )
+                    )
+                    continue
+                if key in taken:
+                    try:
+                        value: Any = self._duplicate(conn, batch, new)
+                    except ChatError as exc:
+                        outcomes.append((request.future, exc, True))
+                    else:
+                        outcomes.append((request.future, value, False))
+                    continue
+            seq = state[0] + 1
+            state[0] = seq
+            state[1] = new.ts
+            batch.dirty.add(new.conv)
+            batch.markers[(new.conv, new.sender)] = seq
+            rows.extend(append.params(seq))
+            links.extend((item.id, new.conv) for item in new.media)
+            result = AppendResult(append.message(seq), False, users)
+            if key is not None:
+                fresh[key] = result
+            outcomes.append((request.future, result, False))
+
+        if not rows:
+            return outcomes
+        conn.execute("SAVEPOINT segment")
+        try:
+            for chunk in _chunks(rows, 11 * 128, 11):
+                conn.execute(
+                    f"INSERT INTO messages ({MESSAGE_COLUMNS})"
+                    f" VALUES {_rows(len(chunk) // 11, 11)}",
+                    chunk,
+                )
+            for chunk in _chunks([x for link in links for x in link], 2 * 256, 2):
+                conn.execute(
+                    "INSERT OR IGNORE INTO message_media (media_id, conv)"
+                    f" VALUES {_rows(len(chunk) // 2, 2)}",
+                    chunk,
+                )
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO segment")
+            conn.execute("RELEASE segment")
+            batch.convs.clear()
+            batch.convs.update(saved)
+            batch.dirty, batch.markers = saved_dirty, saved_markers
+            return [self._run_plain(conn, batch, r) for r in requests]
+        conn.execute("RELEASE segment")
+        return outcomes
+
+    def _run_plain(
+        self, conn: sqlite3.Connection, batch: _Batch, request: _Request
+    ) -> tuple[asyncio.Future[Any], Any, bool]:
+        try:
+            return (request.future, request.op(conn, batch), False)
+        except ChatError as exc:
+            return (request.future, exc, True)
 
     def _duplicate(self, conn: sqlite3.Connection, batch: _Batch, new: NewMessage) -> AppendResult:
         row = (
@@ -1256,7 +1388,7 @@ class SQLiteStore(Store):
             return []
 
         def read(conn: sqlite3.Connection) -> list[PushSubscription]:
-            subs = []
+            subs: list[PushSubscription] = []
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 rows = conn.execute(
