@@ -103,6 +103,9 @@ class ChatService:
         assert conv is not None
         media = await self._own_media(user, media_ids) if media_ids else ()
         if reply_to is not None:
+            # Membership first, so a reply_to never tells an outsider how long a
+            # conversation is, or that it exists.
+            await self._require_member(conv, user)
             conversation = await self.store.get_conversation(conv)
             if conversation is None or not 1 <= reply_to <= conversation.last_seq:
                 raise BadRequest("reply_to must be the seq of a message in this conversation")

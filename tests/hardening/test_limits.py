@@ -31,10 +31,12 @@ from tests.e2e.server import PYTHON, REPO, ChatdServer, ServerFactory, clean_env
 FLOOD_SECONDS = 4.0
 SAMPLES = 120
 SAMPLE_GAP = 0.01
-# Latencies on loopback are around a millisecond, where scheduler noise alone can double them:
-# the 2x bound is applied to at least this much, so the test measures the flood's effect, not
-# jitter.
-LATENCY_FLOOR = 0.005
+# Latencies on loopback are around a millisecond, where scheduler noise alone can double them;
+# and while the flood runs, three busy processes (flooder, server, this test) share two cores,
+# so the kernel alone delays a wake-up by a time slice now and then. The 2x bound is applied to
+# at least this much, so the test measures the flood's effect (a server that served the flood
+# before others would add hundreds of milliseconds), not the machine's scheduling.
+LATENCY_FLOOR = 0.025
 
 
 def cpu_seconds(pid: int) -> float:
