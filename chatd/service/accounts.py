@@ -157,7 +157,9 @@ class AccountService:
 
     async def disable(self, username: str) -> None:
         name = normalize_username(username)
-        await self.store.set_user_disabled(name, True)
+        # The time recorded lets every server (including ones this process has no bus to)
+        # find the revocation and close the user's sockets.
+        await self.store.set_user_disabled(name, True, revoked_at=self.clock())
         if self.events is not None:
             self.events.session_revoked(name, None)
 
@@ -169,6 +171,6 @@ class AccountService:
         if await self.store.get_user(name) is None:
             raise NotFound(f"no user {name!r}")
         await self.store.set_password_hash(name, await self._hash(check_password(password)))
-        await self.store.delete_user_sessions(name)
+        await self.store.delete_user_sessions(name, revoked_at=self.clock())
         if self.events is not None:
             self.events.session_revoked(name, None)

@@ -69,8 +69,12 @@ class Store(ABC):
         """The subset of ``usernames`` that exist and are not disabled."""
 
     @abstractmethod
-    async def set_user_disabled(self, username: str, disabled: bool) -> None:
-        """Raise ``NotFound`` for an unknown user. Disabling also deletes their sessions."""
+    async def set_user_disabled(
+        self, username: str, disabled: bool, *, revoked_at: int | None = None
+    ) -> None:
+        """Raise ``NotFound`` for an unknown user. Disabling also deletes their sessions and,
+        given ``revoked_at``, records it as when they were revoked (see
+        :meth:`users_revoked_since`), in the same transaction."""
 
     @abstractmethod
     async def set_password_hash(self, username: str, password_hash: str) -> None:
@@ -94,8 +98,17 @@ class Store(ABC):
         """Delete and return the session, or ``None`` if there was none."""
 
     @abstractmethod
-    async def delete_user_sessions(self, username: str) -> list[str]:
-        """Delete every session of a user; return their token hashes."""
+    async def delete_user_sessions(
+        self, username: str, *, revoked_at: int | None = None
+    ) -> list[str]:
+        """Delete every session of a user; return their token hashes. Given ``revoked_at``,
+        also record it as when the user's sessions were revoked, in the same transaction."""
+
+    @abstractmethod
+    async def users_revoked_since(self, since: int) -> list[tuple[str, int]]:
+        """``(username, revoked_at)`` of every user whose sessions were last revoked at or
+        after ``since`` (ms), oldest first. Every server polls this, so that a revocation by
+        another process (``chatd user disable`` has no bus) still closes its sockets."""
 
     # -- conversations ---------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ class MemoryStore(Store):
         self._media: dict[str, MediaItem] = {}
         self._media_convs: dict[str, set[str]] = {}
         self._push: dict[str, PushSubscription] = {}
+        self._revoked_at: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,12 +129,16 @@ class MemoryStore(Store):
             raise NotFound(f"no user {username!r}")
         return user
 
-    async def set_user_disabled(self, username: str, disabled: bool) -> None:
+    async def set_user_disabled(
+        self, username: str, disabled: bool, *, revoked_at: int | None = None
+    ) -> None:
         self._check_open()
         user = self._user_or_404(username)
         self._users[username] = replace(user, disabled=disabled)
         if disabled:
             self._drop_sessions(username)
+            if revoked_at is not None:
+                self._revoked_at[username] = revoked_at
 
     async def set_password_hash(self, username: str, password_hash: str) -> None:
         self._check_open()
@@ -166,9 +171,18 @@ class MemoryStore(Store):
         self._check_open()
         return self._sessions.pop(token_hash, None)
 
-    async def delete_user_sessions(self, username: str) -> list[str]:
+    async def delete_user_sessions(
+        self, username: str, *, revoked_at: int | None = None
+    ) -> list[str]:
         self._check_open()
+        if revoked_at is not None and username in self._users:
+            self._revoked_at[username] = revoked_at
         return self._drop_sessions(username)
+
+    async def users_revoked_since(self, since: int) -> list[tuple[str, int]]:
+        self._check_open()
+        revoked = [(user, at) for user, at in self._revoked_at.items() if at >= since]
+        return sorted(revoked, key=lambda pair: (pair[1], pair[0]))
 
     def _drop_sessions(self, username: str) -> list[str]:
         tokens = [t for t, s in self._sessions.items() if s.user == username]

@@ -13,7 +13,7 @@ database is the URL's path (``chatd`` if none).
 Collections (created with their indexes at start; the schema version is the ``meta``
 document ``{_id: "schema", version: N}``):
 
-    users               _id = username
+    users               _id = username; sessions_revoked_at (partial index)
     sessions            _id = token hash; index user
     conversations       _id = conv; last_seq (the per-conversation counter), version,
                         next_order (join order of the next member), pair (direct only, unique)
@@ -340,10 +340,24 @@ async def _migration_1(db: AsyncDatabase[Doc]) -> None:
     await db["push_subscriptions"].create_indexes([IndexModel([("user", 1)], name="user")])
 
 
+async def _migration_2(db: AsyncDatabase[Doc]) -> None:
+    """``users.sessions_revoked_at``, which every server polls for recent revocations."""
+    await db["users"].create_indexes(
+        [
+            IndexModel(
+                [("sessions_revoked_at", 1)],
+                name="sessions_revoked_at",
+                partialFilterExpression={"sessions_revoked_at": {"$exists": True}},
+            )
+        ]
+    )
+
+
 # Numbered migrations, each idempotent (several processes may run one at the same time).
 # Never edit one that has shipped: add the next number instead.
 MIGRATIONS: tuple[tuple[int, Callable[[AsyncDatabase[Doc]], Awaitable[None]]], ...] = (
     (1, _migration_1),
+    (2, _migration_2),
 )
 
 
@@ -519,10 +533,16 @@ class MongoStore(Store):
             )
             return {doc["_id"] async for doc in cursor}
 
-    async def set_user_disabled(self, username: str, disabled: bool) -> None:
+    async def set_user_disabled(
+        self, username: str, disabled: bool, *, revoked_at: int | None = None
+    ) -> None:
+        changes: Doc = {"disabled": disabled}
+        if disabled and revoked_at is not None:
+            changes["sessions_revoked_at"] = revoked_at
+
         async def change(s: AsyncClientSession) -> bool:
             found = await self._c("users").update_one(
-                {"_id": username}, {"$set": {"disabled": disabled}}, session=s
+                {"_id": username}, {"$set": changes}, session=s
             )
             if found.matched_count and disabled:
                 await self._c("sessions").delete_many({"user": username}, session=s)
@@ -575,7 +595,9 @@ class MongoStore(Store):
             doc = await self._c("sessions").find_one_and_delete({"_id": token_hash})
         return _session(doc) if doc is not None else None
 
-    async def delete_user_sessions(self, username: str) -> list[str]:
+    async def delete_user_sessions(
+        self, username: str, *, revoked_at: int | None = None
+    ) -> list[str]:
         async def delete(s: AsyncClientSession) -> list[str]:
             sessions = self._c("sessions")
             hashes = [
@@ -583,10 +605,25 @@ class MongoStore(Store):
             ]
             if hashes:
                 await sessions.delete_many({"_id": {"$in": hashes}}, session=s)
+            if revoked_at is not None:
+                await self._c("users").update_one(
+                    {"_id": username}, {"$set": {"sessions_revoked_at": revoked_at}}, session=s
+                )
             return hashes
 
         with self._guard():
             return await self._transaction(delete)
+
+    async def users_revoked_since(self, since: int) -> list[tuple[str, int]]:
+        # Spelled with $exists so that the planner can use the partial index.
+        recent: Doc = {"sessions_revoked_at": {"$exists": True, "$gte": since}}
+        with self._guard():
+            cursor = (
+                self._c("users")
+                .find(recent, {"sessions_revoked_at": 1})
+                .sort([("sessions_revoked_at", 1), ("_id", 1)])
+            )
+            return [(doc["_id"], doc["sessions_revoked_at"]) async for doc in cursor]
 
     # -- conversations ---------------------------------------------------------------------
 

@@ -262,6 +262,16 @@ END
 $fn$;
 """,
     ),
+    (
+        2,
+        """
+-- When the user's sessions were last revoked (disabled, password changed): every server
+-- polls for recent ones and closes the sockets of the revoked sessions.
+ALTER TABLE users ADD COLUMN sessions_revoked_at bigint;
+CREATE INDEX users_sessions_revoked_at ON users (sessions_revoked_at)
+    WHERE sessions_revoked_at IS NOT NULL;
+""",
+    ),
 )
 
 APPEND_SQL = (
@@ -637,13 +647,18 @@ class PostgresStore(Store):
         )
         return {row["username"] for row in rows}
 
-    async def set_user_disabled(self, username: str, disabled: bool) -> None:
+    async def set_user_disabled(
+        self, username: str, disabled: bool, *, revoked_at: int | None = None
+    ) -> None:
         row = await self._fetchrow(
-            "WITH u AS (UPDATE users SET disabled = $2 WHERE username = $1 RETURNING username),"
+            "WITH u AS (UPDATE users SET disabled = $2, sessions_revoked_at ="
+            " CASE WHEN $2 THEN coalesce($3::bigint, sessions_revoked_at)"
+            " ELSE sessions_revoked_at END WHERE username = $1 RETURNING username),"
             " d AS (DELETE FROM sessions WHERE $2 AND username IN (SELECT username FROM u))"
             " SELECT count(*) AS n FROM u",
             username,
             disabled,
+            revoked_at,
         )
         if row is None or row["n"] == 0:
             raise NotFound(f"no user {username!r}")
@@ -686,11 +701,27 @@ class PostgresStore(Store):
         )
         return _session(row) if row is not None else None
 
-    async def delete_user_sessions(self, username: str) -> list[str]:
+    async def delete_user_sessions(
+        self, username: str, *, revoked_at: int | None = None
+    ) -> list[str]:
+        # One statement, so one transaction: the sessions go and the revocation is recorded
+        # together (a CTE that modifies data runs whether or not it is read).
         rows = await self._fetch(
-            "DELETE FROM sessions WHERE username = $1 RETURNING token_hash", username
+            "WITH r AS (UPDATE users SET sessions_revoked_at = $2"
+            " WHERE username = $1 AND $2::bigint IS NOT NULL)"
+            " DELETE FROM sessions WHERE username = $1 RETURNING token_hash",
+            username,
+            revoked_at,
         )
         return [row["token_hash"] for row in rows]
+
+    async def users_revoked_since(self, since: int) -> list[tuple[str, int]]:
+        rows = await self._fetch(
+            "SELECT username, sessions_revoked_at FROM users WHERE sessions_revoked_at >= $1"
+            " ORDER BY sessions_revoked_at, username",
+            since,
+        )
+        return [(row["username"], row["sessions_revoked_at"]) for row in rows]
 
     # -- conversations ---------------------------------------------------------------------
 

@@ -168,6 +168,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user)",
     ),
+    (
+        # When the user's sessions were last revoked (disabled, password changed): every
+        # server polls for recent ones and closes the sockets of the revoked sessions.
+        "ALTER TABLE users ADD COLUMN sessions_revoked_at INTEGER",
+        "CREATE INDEX users_by_sessions_revoked_at ON users (sessions_revoked_at)"
+        " WHERE sessions_revoked_at IS NOT NULL",
+    ),
 )
 
 MESSAGE_COLUMNS = "conv, seq, msg_id, kind, sender, client_id, ts, body, media, reply_to, event"
@@ -240,6 +247,13 @@ def _user(row: Sequence[Any]) -> User:
 
 def _session(row: Sequence[Any]) -> Session:
     return Session(*row)
+
+
+def _record_revocation(conn: sqlite3.Connection, username: str, revoked_at: int | None) -> None:
+    if revoked_at is not None:
+        conn.execute(
+            "UPDATE users SET sessions_revoked_at = ? WHERE username = ?", (revoked_at, username)
+        )
 
 
 def _check_role(role: str) -> Role:
@@ -678,7 +692,9 @@ class SQLiteStore(Store):
 
         return await self._read(read)
 
-    async def set_user_disabled(self, username: str, disabled: bool) -> None:
+    async def set_user_disabled(
+        self, username: str, disabled: bool, *, revoked_at: int | None = None
+    ) -> None:
         def op(conn: sqlite3.Connection, batch: _Batch) -> None:
             cursor = conn.execute(
                 "UPDATE users SET disabled = ? WHERE username = ?", (int(disabled), username)
@@ -687,6 +703,7 @@ class SQLiteStore(Store):
                 raise NotFound(f"no user {username!r}")
             if disabled:
                 conn.execute("DELETE FROM sessions WHERE user = ?", (username,))
+                _record_revocation(conn, username, revoked_at)
 
         await self._write(op)
 
@@ -754,15 +771,29 @@ class SQLiteStore(Store):
         session: Session | None = await self._write(op)
         return session
 
-    async def delete_user_sessions(self, username: str) -> list[str]:
+    async def delete_user_sessions(
+        self, username: str, *, revoked_at: int | None = None
+    ) -> list[str]:
         def op(conn: sqlite3.Connection, batch: _Batch) -> list[str]:
             rows = conn.execute(
                 "DELETE FROM sessions WHERE user = ? RETURNING token_hash", (username,)
             ).fetchall()
+            _record_revocation(conn, username, revoked_at)
             return [row[0] for row in rows]
 
         tokens: list[str] = await self._write(op)
         return tokens
+
+    async def users_revoked_since(self, since: int) -> list[tuple[str, int]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = conn.execute(
+                "SELECT username, sessions_revoked_at FROM users"
+                " WHERE sessions_revoked_at >= ? ORDER BY sessions_revoked_at, username",
+                (since,),
+            ).fetchall()
+            return [(row[0], row[1]) for row in rows]
+
+        return await self._read(read)
 
     # -- conversations ---------------------------------------------------------------------
 

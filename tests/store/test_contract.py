@@ -462,6 +462,41 @@ async def test_sessions(store: Store) -> None:
     assert await store.delete_user_sessions("alice") == []
 
 
+async def test_revocations_are_recorded_with_their_time_and_listed_since_a_cursor(
+    store: Store,
+) -> None:
+    await users(store, "alice", "bob", "carol")
+    assert await store.users_revoked_since(0) == []
+    await store.create_session(Session("a1", "alice", "phone", T0, T0 + 1000))
+    await store.create_session(Session("b1", "bob", "phone", T0, T0 + 1000))
+    await store.set_user_disabled("alice", True, revoked_at=T0 + 10)
+    assert await store.get_session("a1") is None
+    # at or after the cursor: a revocation in the cursor's own millisecond is not lost
+    assert await store.users_revoked_since(T0 + 10) == [("alice", T0 + 10)]
+    assert await store.users_revoked_since(T0 + 11) == []
+    assert await store.delete_user_sessions("bob", revoked_at=T0 + 10) == ["b1"]
+    # oldest first, and users revoked in the same millisecond are all there
+    assert await store.users_revoked_since(T0) == [("alice", T0 + 10), ("bob", T0 + 10)]
+    # a later revocation replaces the time
+    assert await store.delete_user_sessions("bob", revoked_at=T0 + 20) == []
+    assert await store.users_revoked_since(T0 + 11) == [("bob", T0 + 20)]
+    # enabling revokes nothing and forgets nothing
+    await store.set_user_disabled("alice", False)
+    assert await store.users_revoked_since(T0) == [("alice", T0 + 10), ("bob", T0 + 20)]
+
+
+async def test_only_a_revocation_with_a_time_is_recorded(store: Store) -> None:
+    await users(store, "alice", "carol")
+    await store.create_session(Session("c1", "carol", "phone", T0, T0 + 1000))
+    assert await store.delete_user_sessions("carol") == ["c1"]
+    await store.set_user_disabled("carol", True)
+    await store.set_user_disabled("alice", False, revoked_at=T0 + 5)  # enabling: no revocation
+    assert await store.delete_user_sessions("nobody", revoked_at=T0 + 5) == []
+    with pytest.raises(NotFound):
+        await store.set_user_disabled("nobody", True, revoked_at=T0 + 5)
+    assert await store.users_revoked_since(0) == []
+
+
 # -- contacts ------------------------------------------------------------------------------
 
 

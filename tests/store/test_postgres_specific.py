@@ -177,6 +177,32 @@ async def test_concurrent_starts_migrate_once(database_url: str) -> None:
         await asyncio.gather(*(s.close() for s in stores))
 
 
+async def test_a_version_1_database_is_upgraded_and_keeps_its_users(database_url: str) -> None:
+    conn = await bounded(asyncpg.connect(database_url, timeout=5))
+    try:
+        await conn.execute(
+            "CREATE TABLE chatd_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(MIGRATIONS[0][1])
+        await conn.execute("INSERT INTO chatd_migrations (version) VALUES (1)")
+        await conn.execute(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ('al', 'h', 1)"
+        )
+    finally:
+        await conn.close()
+    store = PostgresStore(database_url)
+    await bounded(store.start())
+    try:
+        assert await store.schema_version() == MIGRATIONS[-1][0]
+        assert (await store.get_user("al")) is not None
+        assert await store.users_revoked_since(0) == []
+        await store.set_user_disabled("al", True, revoked_at=1_000)
+        assert await store.users_revoked_since(1_000) == [("al", 1_000)]
+    finally:
+        await store.close()
+
+
 async def test_several_stores_appending_to_one_conversation_get_seqs_1_to_300(
     database_url: str,
 ) -> None:

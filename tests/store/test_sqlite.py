@@ -100,6 +100,35 @@ async def test_the_file_is_wal_and_versioned(tmp_path: Path) -> None:
         conn.close()
 
 
+async def test_a_version_1_file_is_upgraded_and_keeps_its_users(tmp_path: Path) -> None:
+    from chatd.store.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(tmp_path / "chatd.db", isolation_level=None)
+    try:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ('al', 'h', 1)"
+        )
+    finally:
+        conn.close()
+    store = open_store(f"sqlite:///{tmp_path}/chatd.db")
+    await store.start()
+    try:
+        assert (await store.get_user("al")) is not None
+        assert await store.users_revoked_since(0) == []
+        await store.set_user_disabled("al", True, revoked_at=T0)
+        assert await store.users_revoked_since(T0) == [("al", T0)]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(tmp_path / "chatd.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    finally:
+        conn.close()
+
+
 async def test_two_stores_on_one_file_keep_seq_gapless(tmp_path: Path) -> None:
     """Two stores stand for two processes: separate writer connections, one file."""
     url = f"sqlite:///{tmp_path}/chatd.db"
