@@ -30,6 +30,7 @@ class Settings:
     server_id: str = ""
     registration: str = "open"
     max_upload_bytes: int = 25 * 1024 * 1024
+    uploads_per_hour: int = 200
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
@@ -159,6 +160,7 @@ def validate(settings: Settings) -> None:
         "max_group_members",
         "max_connections_per_user",
         "message_burst",
+        "uploads_per_hour",
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
@@ -186,6 +188,7 @@ _HELP: dict[str, str] = {
     "server_id": "this process's id in a cluster (default: random)",
     "registration": "open: anyone may register; closed: only `chatd user add`",
     "max_upload_bytes": "largest media upload in bytes",
+    "uploads_per_hour": "media uploads per user per hour: a burst of N, then one every 3600/N s",
     "allowed_origins": "comma list of exact origins allowed to open /ws",
     "log_level": "debug, info, warning or error",
     "log_format": "text or json",
