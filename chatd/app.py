@@ -120,6 +120,7 @@ def build_app(settings: Settings) -> web.Application:
         store,
         blobs,
         max_upload_bytes=settings.max_upload_bytes,
+        uploads_per_hour=settings.uploads_per_hour,
         clock=now_ms,
         new_id=ids.new_media_id,
     )

@@ -10,6 +10,11 @@ Rules:
   trusted (it is accepted as an argument only so that callers need not drop it).
 * Uploads stream to the blob store while their SHA-256 and size are computed; past
   ``max_upload_bytes`` they fail with ``TooLarge`` and nothing is kept.
+* Each user may start ``uploads_per_hour`` uploads at once, then one every
+  ``3600 / uploads_per_hour`` seconds (a token bucket). Over it, ``RateLimited`` is raised
+  before a byte of the upload is read, so nothing reaches the blob store. Every upload that
+  starts counts, including one that then fails (too large, a backend down): it cost the
+  server the same work.
 * Storage keys derive from the media id (``<id>`` and ``<id>.thumb``), never from filenames.
 * A media item is visible to its uploader and to current members of any conversation in which a
   message carries it; to everyone else it does not exist (``NotFound``, never ``Forbidden``).
@@ -25,7 +30,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
-from chatd.errors import BadRequest, ChatError, Forbidden, NotFound
+from chatd.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
 from chatd.media.base import BlobStore, check_key, read_all
 from chatd.media.images import (
     DEFAULT_MAX_PIXELS,
@@ -38,6 +43,7 @@ from chatd.media.images import (
 )
 from chatd.media.rules import ByteRange, parse_range, sanitize_filename
 from chatd.models import MediaItem
+from chatd.service.limits import KeyedLimiter
 from chatd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,8 @@ class MediaService:
         store: where :class:`MediaItem` records live and who may see them.
         blobs: where the bytes live (started by the caller).
         max_upload_bytes: the largest accepted upload; exactly this many bytes is accepted.
+        uploads_per_hour: uploads a user may start per hour (a bucket of this many, refilled
+            evenly over the hour).
         clock: milliseconds since the epoch.
         new_id: a fresh media id (must be a safe storage key, see ``check_key``).
         max_image_pixels: images with more pixels get no thumbnail (decompression bombs).
@@ -92,6 +100,7 @@ class MediaService:
         blobs: BlobStore,
         *,
         max_upload_bytes: int,
+        uploads_per_hour: int = 200,
         clock: Callable[[], int],
         new_id: Callable[[], str],
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
@@ -99,6 +108,8 @@ class MediaService:
     ) -> None:
         if max_upload_bytes <= 0:
             raise ValueError("max_upload_bytes must be positive")
+        if uploads_per_hour <= 0:
+            raise ValueError("uploads_per_hour must be positive")
         self.store = store
         self.blobs = blobs
         self.max_upload_bytes = max_upload_bytes
@@ -106,6 +117,7 @@ class MediaService:
         self.new_id = new_id
         self.max_image_pixels = max_image_pixels
         self._decoding = asyncio.Semaphore(max_concurrent_thumbnails)
+        self._upload_limit = KeyedLimiter(uploads_per_hour / 3600.0, uploads_per_hour)
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -122,9 +134,13 @@ class MediaService:
         for display only.
 
         Raises:
+            RateLimited: ``user`` is over ``uploads_per_hour``; ``chunks`` was not read.
             TooLarge: more than ``max_upload_bytes`` arrived (nothing is kept).
             Unavailable: a backend failed (nothing is kept).
         """
+        wait = self._upload_limit.take(user, self.clock())
+        if wait > 0:
+            raise RateLimited("too many uploads; try again later", retry_after=wait)
         media_id = check_key(self.new_id())
         head, rest = await _peek(chunks, SNIFF_BYTES)
         mime = sniff(head)

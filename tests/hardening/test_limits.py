@@ -314,3 +314,78 @@ async def test_slowloris_connections_are_closed_within_30_seconds(h: Harness) ->
         f"trickling connections still open after {durations} s (bound {SLOWLORIS_BOUND} s)"
     )
     assert (await h.http("GET", "/healthz"))[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads per user per hour
+
+UPLOADS_PER_HOUR = 3
+
+
+async def upload(h: Harness, token: str, data: bytes) -> tuple[int, dict[str, Any], str | None]:
+    """``(status, JSON body, Retry-After header)`` of ``POST /api/v1/media``."""
+    async with asyncio.timeout(10):
+        async with h.session.post(
+            h.base + "/api/v1/media",
+            params={"filename": "notes.txt"},
+            data=data,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            return resp.status, body, resp.headers.get("Retry-After")
+
+
+async def upload_headers_only(server: ChatdServer, token: str, length: int) -> tuple[int, bytes]:
+    """Send the headers of an upload announcing ``length`` bytes, and no byte of the body;
+    return the status and head of the answer that comes back anyway."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port), 5)
+    try:
+        writer.write(
+            (
+                f"POST /api/v1/media?filename=big.bin HTTP/1.1\r\n"
+                f"Host: {server.host}:{server.port}\r\n"
+                f"Authorization: Bearer {token}\r\n"
+                f"Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        except TimeoutError:
+            raise AssertionError("no answer within 5 s: the server waits for the body") from None
+        return int(head.split(b" ", 2)[1]), head
+    finally:
+        writer.close()
+
+
+def media_files(server: ChatdServer) -> list[str]:
+    """Every file of the server's media folder, unfinished uploads (``tmp/``) included."""
+    root = server.data_dir / "media"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+async def test_uploads_over_the_hourly_limit_get_429_before_the_body_is_read(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    """``--uploads-per-hour 3``: three uploads, then 429 + ``Retry-After`` (one more every
+    1200 s) answered from the headers alone, nothing stored; another user is not affected."""
+    h = harness(server_factory(uploads_per_hour=UPLOADS_PER_HOUR))
+    uploader, other = await h.users("uploader", "other")
+    for i in range(UPLOADS_PER_HOUR):
+        status, body, _ = await upload(h, uploader.token, f"file number {i}\n".encode() * 100)
+        assert status == 201, (i, status, body)
+    stored = media_files(h.server)
+
+    status, head = await upload_headers_only(h.server, uploader.token, 20_000_000)
+    assert status == 429, f"expected 429 without sending the body, got {head!r}"
+    assert b"retry-after:" in head.lower(), head
+
+    answer = await upload(h, uploader.token, b"one more\n" * 100)
+    assert_throttled(answer, f"upload {UPLOADS_PER_HOUR + 1}")
+    retry_after = answer[1]["error"]["retry_after"]
+    assert 3600 / UPLOADS_PER_HOUR - 60 < retry_after <= 3600 / UPLOADS_PER_HOUR, answer
+    assert media_files(h.server) == stored, "a refused upload left something in storage"
+
+    status, body, _ = await upload(h, other.token, b"mine\n" * 100)
+    assert status == 201, f"another user is limited by the uploader's uploads: {body}"
