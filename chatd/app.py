@@ -31,7 +31,7 @@ from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
 from chatd.store import open_store
-from chatd.transport import http, media_http, push_http, static
+from chatd.transport import http, media_http, push_http, revocations, static
 from chatd.transport.events import FrameEvents
 from chatd.transport.keys import (
     ACCOUNTS,
@@ -159,6 +159,8 @@ def build_app(settings: Settings) -> web.Application:
     static.add_routes(app)
     app.router.add_get("/ws", websocket_handler)
     app.cleanup_ctx.append(_backends)
+    # After the backends: it starts once the store is up and stops before the store closes.
+    app.cleanup_ctx.append(revocations.poll_revocations)
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -50,6 +50,7 @@ class Settings:
     # Sessions
     session_ttl_days: float = 30.0
     session_recheck_seconds: float = 1800.0
+    revocation_poll_seconds: float = 2.0
     login_attempts_per_minute: int = 10
     # Push
     push_previews: bool = True
@@ -166,6 +167,8 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if settings.heartbeat <= 0 or settings.hello_timeout <= 0:
         raise ConfigError("heartbeat and hello_timeout must be positive")
+    if settings.revocation_poll_seconds <= 0:
+        raise ConfigError("revocation_poll_seconds must be positive")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be one of debug, info, warning, error")
     if settings.log_format not in ("text", "json"):
@@ -205,6 +208,8 @@ _HELP: dict[str, str] = {
     "typing_per_second": "typing frames relayed per socket per second",
     "session_ttl_days": "days a session lives without use (sliding)",
     "session_recheck_seconds": "how often an open socket re-checks its session",
+    "revocation_poll_seconds": "how often to look for disabled users and changed passwords and "
+    "close their sockets (4401)",
     "login_attempts_per_minute": "failed logins per username and per address per minute",
     "push_previews": "include a message preview in push notifications",
     "push_coalesce_seconds": "fold a user's pushes for one conversation within this window",
