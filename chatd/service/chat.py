@@ -287,7 +287,8 @@ class ChatService:
             self._require_admin(members, user)
             if group.title == title:
                 return None
-            return _Plan(GroupChange(title=title), {"action": "title", "title": title})
+            # users: [] so that every system event has the protocol's users list.
+            return _Plan(GroupChange(title=title), {"action": "title", "users": [], "title": title})
 
         return await self._change_group(user, conv, plan)
 

@@ -64,8 +64,9 @@ def check_message(m: Mapping[str, Any], what: str = "message") -> None:
         assert m["media"] == [], m
         event = m["event"]
         assert isinstance(event, dict) and event.get("action") in EVENT_ACTIONS, m
-        if event["action"] != "title":
-            assert isinstance(event.get("users"), list) and event["users"], m
+        assert isinstance(event.get("users"), list), f"{what}: every system event has users: {m}"
+        # a title change names nobody; every other change names whom it is about
+        assert (event["users"] == []) == (event["action"] == "title"), m
         if event["action"] in ("create", "title"):
             assert isinstance(event.get("title"), str), m
 
