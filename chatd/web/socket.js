@@ -1,0 +1,154 @@
+// The WebSocket half of chatd's API: one connection to /ws that says hello, matches replies
+// to requests by id, hands events to the app, and comes back by itself when it drops.
+//
+// Reconnecting waits 0.5 s, 1 s, 2 s, ... up to 15 s (with jitter, so a restarted server is
+// not hit by every browser in the same millisecond); a successful hello resets the delay.
+
+const FIRST_DELAY_MS = 500;
+const MAX_DELAY_MS = 15000;
+const REQUEST_TIMEOUT_MS = 15000;
+
+export class RequestError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message);
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+export class ChatSocket {
+  // handlers: onEvent(frame), onReady(helloReply), onState(state, detail), onUnauthorized()
+  constructor(token, handlers) {
+    this.token = token;
+    this.handlers = handlers;
+    this.ws = null;
+    this.ready = false;
+    this.nextId = 1;
+    this.pending = new Map(); // request id -> {resolve, reject, timer}
+    this.delay = FIRST_DELAY_MS;
+    this.retryTimer = null;
+    this.closed = false;
+    this.helloFailedFor = null;
+  }
+
+  connect() {
+    if (this.closed || this.ws) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.handlers.onState("connecting");
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+    this.ws = ws;
+    ws.onopen = () => this.hello(ws);
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = (event) => this.dropped(ws, event.code);
+  }
+
+  async hello(ws) {
+    try {
+      const reply = await this.request("hello", { token: this.token, device: "web" }, true);
+      if (ws !== this.ws) return;
+      this.ready = true;
+      this.delay = FIRST_DELAY_MS;
+      this.handlers.onState("online");
+      this.handlers.onReady(reply);
+    } catch (error) {
+      if (ws !== this.ws) return;
+      if (error.code === "unauthorized") {
+        this.close();
+        this.handlers.onUnauthorized();
+        return;
+      }
+      // Anything else (unavailable, rate_limited): the server closes the socket and the
+      // close handler schedules the retry. chatd closes an `unavailable` hello with 4401 too
+      // (docs/protocol.md, known differences): remember that the token was not the problem.
+      this.helloFailedFor = error.code;
+    }
+  }
+
+  receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (frame.id !== undefined && frame.id !== null && this.pending.has(frame.id)) {
+      const { resolve, reject, timer } = this.pending.get(frame.id);
+      this.pending.delete(frame.id);
+      clearTimeout(timer);
+      if (frame.type === "ok") resolve(frame);
+      else reject(new RequestError(frame.code, frame.message, { retryAfter: frame.retry_after }));
+      return;
+    }
+    if (frame.type !== "ok" && frame.type !== "error") this.handlers.onEvent(frame);
+  }
+
+  dropped(ws, code) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.ready = false;
+    this.failPending();
+    if (this.closed) return;
+    const tokenRefused = code === 4401 && !this.helloFailedFor;
+    this.helloFailedFor = null;
+    if (tokenRefused) {
+      // Hello refused or session revoked: the token is no good any more.
+      this.close();
+      this.handlers.onUnauthorized();
+      return;
+    }
+    const wait = this.delay * (0.8 + Math.random() * 0.4);
+    this.delay = Math.min(this.delay * 2, MAX_DELAY_MS);
+    this.handlers.onState("offline", { retryAt: Date.now() + wait });
+    this.retryTimer = setTimeout(() => this.connect(), wait);
+  }
+
+  failPending() {
+    for (const { reject, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      reject(new RequestError("disconnected", "the connection was lost"));
+    }
+    this.pending.clear();
+  }
+
+  // Skip the wait and try now (the "Retry now" link, the browser coming back online).
+  retryNow() {
+    if (!this.ws && !this.closed) this.connect();
+  }
+
+  request(type, fields = {}, beforeHello = false) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN || (!this.ready && !beforeHello)) {
+        reject(new RequestError("disconnected", "not connected"));
+        return;
+      }
+      const id = String(this.nextId++);
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new RequestError("timeout", "the server did not answer"));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ type, id, ...fields }));
+    });
+  }
+
+  // Fire and forget (typing): no id, so the server answers only if it fails.
+  notify(type, fields = {}) {
+    if (this.ready && this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type, ...fields }));
+    }
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.close(1000);
+    }
+    this.ready = false;
+    this.failPending();
+  }
+}

@@ -1,0 +1,82 @@
+"""Two people in two browsers: sign up, start a direct chat by username, talk.
+
+Each browser context has its own storage, so the two pages are two users as they would be on
+two computers; both talk to one real ``chatd serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from .client import WAIT_MS, WebUser
+
+
+def test_two_users_register_and_exchange_messages(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+
+    alice.start_chat(bob.name)
+    alice.send("hi bob, lunch at noon?")
+    alice.expect_message("hi bob, lunch at noon?")
+
+    # bob sees the new conversation in his list with an unread badge, then opens it.
+    entry = bob.conversation(alice.name)
+    expect(entry.locator(".unread-badge")).to_have_text("1", timeout=WAIT_MS)
+    expect(entry.locator(".conversation-preview")).to_have_text(
+        "hi bob, lunch at noon?", timeout=WAIT_MS
+    )
+    bob.open_conversation(alice.name)
+    bob.expect_message("hi bob, lunch at noon?")
+    expect(entry.locator(".unread-badge")).to_have_count(0, timeout=WAIT_MS)
+
+    bob.send("sure, see you there")
+    alice.expect_bodies(["hi bob, lunch at noon?", "sure, see you there"])
+    bob.expect_bodies(["hi bob, lunch at noon?", "sure, see you there"])
+
+    # Own messages on the right, the other's on the left.
+    expect(alice.message("hi bob").first).to_have_class("message own", timeout=WAIT_MS)
+    expect(alice.message("sure, see you").first).to_have_class("message other", timeout=WAIT_MS)
+    expect(alice.page.locator("#message-list .day")).to_have_text(["Today"], timeout=WAIT_MS)
+    assert alice.page_errors == [] and bob.page_errors == []
+
+
+def test_signing_in_again_keeps_the_conversation(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("still there after a reload?")
+    alice.expect_tick("still there after a reload?", "delivered")  # bob is online
+
+    # The token is kept in localStorage: a reload lands in the app, not on the sign-in form.
+    alice.page.reload()
+    alice.expect_online()
+    alice.open_conversation(bob.name)
+    alice.expect_bodies(["still there after a reload?"])
+
+    # Signing out forgets it; signing in with the password brings everything back.
+    alice.page.click("#menu-button")
+    alice.page.click("#logout-button")
+    expect(alice.page.locator("#auth-form")).to_be_visible(timeout=WAIT_MS)
+    alice.page.reload()
+    expect(alice.page.locator("#auth-form")).to_be_visible(timeout=WAIT_MS)
+    alice.page.fill("#auth-username", alice.name)
+    alice.page.fill("#auth-password", "wrong password")
+    alice.page.click("#login-button")
+    expect(alice.page.locator("#auth-error")).not_to_be_empty(timeout=WAIT_MS)
+    alice.page.fill("#auth-password", "correct horse battery")
+    alice.page.click("#login-button")
+    alice.expect_online()
+    alice.open_conversation(bob.name)
+    alice.expect_bodies(["still there after a reload?"])
+
+
+def test_unknown_username_is_explained(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    alice.page.click("#new-chat-button")
+    alice.page.fill("#new-chat-user", "nobody-by-this-name")
+    alice.page.click("#new-chat-form button[type=submit]")
+    expect(alice.page.locator("#new-chat-form .error")).to_have_text(
+        "There is no user called nobody-by-this-name.", timeout=WAIT_MS
+    )
