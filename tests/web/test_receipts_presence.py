@@ -1,0 +1,83 @@
+"""What tells a person their message got there: ticks, typing, presence and last seen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from .client import PASSWORD, WAIT_MS, WebUser
+
+# A short grace so that "offline, last seen ..." shows within a second of bob leaving.
+SERVER_FLAGS = {"presence_grace": 0.5}
+
+
+def test_ticks_go_from_sent_to_delivered_to_read(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("first")
+    alice.expect_tick("first", "delivered")  # bob's page is open: his device has it
+
+    # bob opens the chat: alice's ticks turn to read.
+    bob.open_conversation(alice.name)
+    bob.expect_message("first")
+    alice.expect_tick("first", "read")
+
+    # bob signs out: a message now is only stored ("sent") ...
+    bob.page.click("#menu-button")
+    bob.page.click("#logout-button")
+    expect(bob.page.locator("#auth-form")).to_be_visible(timeout=WAIT_MS)
+    alice.send("are you there?")
+    alice.expect_tick("are you there?", "sent")
+    expect(alice.page.locator(".tick[data-state=read]")).to_have_count(1, timeout=WAIT_MS)
+
+    # ... delivered once he is back (the list shows it unread), read when he opens it.
+    bob.page.fill("#auth-username", bob.name)
+    bob.page.fill("#auth-password", PASSWORD)
+    bob.page.click("#login-button")
+    bob.expect_online()
+    expect(bob.conversation(alice.name).locator(".unread-badge")).to_have_text("1", timeout=WAIT_MS)
+    alice.expect_tick("are you there?", "delivered")
+    bob.open_conversation(alice.name)
+    bob.expect_bodies(["first", "are you there?"])
+    alice.expect_tick("are you there?", "read")
+
+
+def test_typing_is_shown_to_the_other_and_stops(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("knock knock")
+    bob.open_conversation(alice.name)
+
+    bob.type_without_sending("who's th")
+    expect(alice.page.locator("#typing")).to_have_text("typing…", timeout=WAIT_MS)
+    expect(alice.conversation(bob.name).locator(".typing-preview")).to_have_text(
+        "typing…", timeout=WAIT_MS
+    )
+    bob.page.fill("#composer-input", "")  # emptied: "stop"
+    bob.page.locator("#composer-input").dispatch_event("input")
+    expect(alice.page.locator("#typing")).to_have_text("", timeout=WAIT_MS)
+
+    alice.type_without_sending("who")
+    expect(bob.page.locator("#typing")).to_have_text("typing…", timeout=WAIT_MS)
+    alice.page.press("#composer-input", "Enter")  # sending ends typing too
+    bob.expect_message("who")
+    expect(bob.page.locator("#typing")).to_have_text("", timeout=WAIT_MS)
+
+
+def test_presence_dot_and_last_seen(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("ping")
+    expect(alice.page.locator("#chat-subtitle")).to_have_text("online", timeout=WAIT_MS)
+    dot = alice.conversation(bob.name).locator(".presence-dot")
+    expect(dot).to_have_attribute("data-status", "online", timeout=WAIT_MS)
+
+    bob.close()  # the browser goes away
+    expect(dot).to_have_attribute("data-status", "offline", timeout=WAIT_MS)
+    expect(alice.page.locator("#chat-subtitle")).to_contain_text(
+        "last seen today at", timeout=WAIT_MS
+    )
