@@ -82,6 +82,31 @@ class Settings:
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+#: The limits, and the settings that decide who may connect, for how long, and what the server
+#: may reach on a user's behalf. docs/security.md gives each one's default and what a client
+#: sees when it hits it; tests/docs/test_security_doc.py fails when one is missing there, and
+#: when a setting named like a limit (``max_*``, ``*_per_second``, ``*_burst``, ...) is not
+#: listed here.
+SECURITY_SETTINGS: tuple[str, ...] = (
+    "allowed_origins",
+    "registration",
+    "hello_timeout",
+    "max_frame_bytes",
+    "send_buffer_bytes",
+    "max_connections_per_user",
+    "max_body_chars",
+    "max_group_members",
+    "messages_per_second",
+    "message_burst",
+    "typing_per_second",
+    "session_ttl_days",
+    "session_recheck_seconds",
+    "revocation_poll_seconds",
+    "login_attempts_per_minute",
+    "max_upload_bytes",
+    "uploads_per_hour",
+    "push_allow_private_hosts",
+)
 _TYPES: dict[str, Any] = {f.name: f.type for f in fields(Settings)}
 _DEFAULTS = Settings()
 
