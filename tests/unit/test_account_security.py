@@ -1,0 +1,76 @@
+"""What docs/security.md says about passwords and sessions, checked on the AccountService
+over a memory store and a clock the test moves: argon2id with OWASP's parameters, tokens kept
+only as hashes, sliding expiry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chatd.errors import Unauthorized
+from chatd.service.accounts import DAY_MS, AccountService
+from chatd.store import Store, open_store
+
+T0 = 1_764_316_800_000
+TTL_DAYS = 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    s = open_store("memory://")
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_passwords_are_argon2id_with_owasps_parameters(store: Store) -> None:
+    accounts = AccountService(store, Clock())
+    await accounts.register("alice", "correct horse")
+    user = await store.get_user("alice")
+    assert user is not None
+    # 19 MiB (19456 KiB), 2 passes, 1 lane: OWASP's Password Storage Cheat Sheet minimum
+    assert user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), user.password_hash
+    assert "correct horse" not in user.password_hash
+
+
+async def test_only_a_sha256_of_the_token_is_stored(store: Store) -> None:
+    accounts = AccountService(store, Clock())
+    await accounts.register("alice", "correct horse")
+    issued = await accounts.login("alice", "correct horse")
+    assert len(issued.token) == 43  # 256 bits, base64url
+    digest = hashlib.sha256(issued.token.encode()).hexdigest()
+    assert issued.session.token_hash == digest
+    assert await store.get_session(digest) is not None
+    assert await store.get_session(issued.token) is None
+
+
+async def test_sessions_slide_when_used_in_the_second_half_of_their_life(store: Store) -> None:
+    clock = Clock()
+    accounts = AccountService(store, clock, session_ttl_days=TTL_DAYS)
+    await accounts.register("alice", "correct horse")
+    issued = await accounts.login("alice", "correct horse")
+    ttl = TTL_DAYS * DAY_MS
+    assert issued.session.expires_at == T0 + ttl
+
+    clock.now = T0 + ttl // 2 - 1000  # first half: used, not extended
+    assert (await accounts.authenticate(issued.token)).expires_at == T0 + ttl
+
+    clock.now = T0 + ttl // 2 + 1000  # second half: extended to a full period from now
+    assert (await accounts.authenticate(issued.token)).expires_at == clock.now + ttl
+
+    clock.now += ttl  # unused for a whole period: gone
+    with pytest.raises(Unauthorized):
+        await accounts.authenticate(issued.token)
+    assert not await accounts.still_valid(issued.session.token_hash)
