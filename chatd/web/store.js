@@ -31,6 +31,9 @@ export class Store {
         loadedFrom: null,
         moreBefore: true,
         typing: new Map(), // username -> expiry time
+        // The seq the member list and title are current as of: system messages at or
+        // below it (old history) are already reflected and must not be applied again.
+        stateSeq: 0,
       };
       this.conversations.set(conv, c);
     }
@@ -43,6 +46,7 @@ export class Store {
     c.kind = summary.kind;
     c.title = summary.title;
     c.members = summary.members;
+    c.stateSeq = Math.max(c.stateSeq, summary.last_seq);
     c.lastSeq = Math.max(c.lastSeq, summary.last_seq);
     c.unread = summary.unread;
     c.muted = summary.muted;
@@ -108,7 +112,10 @@ export class Store {
       c.messages.set(m.seq, m);
       added += 1;
       this.noteLast(c, m);
-      if (m.kind === "system") this.applySystem(c, m);
+      if (m.kind === "system" && m.seq > c.stateSeq) {
+        this.applySystem(c, m);
+        c.stateSeq = m.seq;
+      }
     }
     return added;
   }
