@@ -33,6 +33,7 @@ from chatd.service.chat import ChatService
 from chatd.store import open_store
 from chatd.transport import http, media_http, push_http, revocations, static
 from chatd.transport.events import FrameEvents
+from chatd.transport.heartbeat import HEARTBEAT, Heartbeat, run_heartbeat
 from chatd.transport.keys import (
     ACCOUNTS,
     BLOBS,
@@ -146,6 +147,7 @@ def build_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[CONNECTIONS] = weakref.WeakSet[Connection]()
     app[COALESCER] = WriteCoalescer()
+    app[HEARTBEAT] = Heartbeat(settings.heartbeat)
     app[BLOBS] = blobs
     app[MEDIA_SERVICE] = media
     app[PUSH_PROVIDERS] = providers
@@ -162,6 +164,7 @@ def build_app(settings: Settings) -> web.Application:
     # After the backends: it starts once the store is up and stops before the store closes.
     app.cleanup_ctx.append(revocations.poll_revocations)
     app.on_shutdown.append(_close_sockets)
+    app.cleanup_ctx.append(run_heartbeat)
     return app
 
 

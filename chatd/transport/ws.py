@@ -3,7 +3,9 @@
 Outgoing frames are written straight into the socket's transport, synchronously, so that a
 fan-out never awaits per recipient; the transport's write buffer is the connection's bounded
 send queue, and a socket whose buffer passes ``send_buffer_bytes`` is closed with 1013 (its
-client catches up from history when it reconnects).
+client catches up from history when it reconnects). Pings and the missed-pong close are
+:mod:`heartbeat`'s: aiohttp's autoping is off so that the read loop sees every frame, each of
+which counts as a sign of life.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from chatd.routing.router import text_frame
 from chatd.service.limits import TokenBucket
 from chatd.transport import frames
 from chatd.transport.auth import bearer_token
+from chatd.transport.heartbeat import HEARTBEAT
 from chatd.transport.keys import (
     ACCOUNTS,
     COALESCER,
@@ -44,8 +47,25 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
+# No close code of protocol v1 is meant for a silent client; 4408 (408, Request Timeout) is
+# the one for "nothing came in time", and a client does the same for both: reconnect.
+CLOSE_HEARTBEAT_TIMEOUT = 4408
 CLOSE_TOO_MANY = 4429
 MAX_IN_FLIGHT = 64  # requests of one socket handled at once; past it the reader waits
+ABORT_AFTER_CLOSE = 30.0  # seconds a closed socket may take to flush before it is cut
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    payload = code.to_bytes(2, "big") + reason.encode()
+    return bytes((0x88, len(payload))) + payload
+
+
+def pong_frame(payload: bytes) -> bytes:
+    return bytes((0x8A, len(payload))) + payload  # control frames carry at most 125 bytes
+
+
+SLOW_CONSUMER_CLOSE = close_frame(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+HEARTBEAT_CLOSE = close_frame(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
 
 class Connection:
@@ -56,6 +76,7 @@ class Connection:
         "closing",
         "coalescer",
         "gone",
+        "heartbeat_slice",
         "id",
         "on_gone",
         "pending",
@@ -66,6 +87,7 @@ class Connection:
         "token_hash",
         "transport",
         "typing_bucket",
+        "unanswered",
         "user",
         "ws",
     )
@@ -92,12 +114,29 @@ class Connection:
         self.id = ids.new_token()[:16]
         self.transport = request.transport
         self.closing = False
+        # Pings sent since the client's last frame (heartbeat.py); the reader sets it to 0.
+        self.unanswered = 0
+        self.heartbeat_slice = 0
         self.typing_bucket = TokenBucket(
             settings.typing_per_second, max(1.0, settings.typing_per_second * 2), 2.0, 0
         )
 
     def send_payload(self, payload: bytes) -> None:
         self.send_wire(text_frame(payload))
+
+    def hold(self) -> None:
+        """Queue what is sent from now on without writing it, until ``release``."""
+        # A placeholder first frame: send_wire then sees a non-empty queue and does not ask
+        # the coalescer for a flush.
+        self.pending.append(b"")
+
+    def release(self, first: bytes) -> None:
+        """Write ``first``, then what was held."""
+        if self.closing or not self.pending:
+            return  # closed meanwhile (overflow drops the queue; close_soon flushed it)
+        self.pending[0] = first
+        self.pending_bytes += len(first)
+        self.coalescer.add(self)
 
     def send_wire(self, wire: bytes) -> None:
         transport = self.transport
@@ -126,17 +165,28 @@ class Connection:
         """The client stopped reading: close with 1013 after what it already has."""
         if self.closing:
             return
+        log.info("closing slow consumer %s of %s (1013)", self.id, self.user)
+        self._close_now(SLOW_CONSUMER_CLOSE)
+
+    def expire(self) -> None:
+        """The client missed two pongs in a row: close with 4408."""
+        if self.closing:
+            return
+        log.debug("closing silent socket %s of %s (4408)", self.id, self.user)
+        self._close_now(HEARTBEAT_CLOSE)
+
+    def _close_now(self, frame: bytes) -> None:
+        """Write the close frame after what is already buffered and close, without waiting
+        for the client's answer: it is not reading, or not there."""
         self.closing = True
         self.pending = []
         self.pending_bytes = 0
-        log.info("closing slow consumer %s of %s (1013)", self.id, self.user)
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            code = CLOSE_TRY_AGAIN_LATER.to_bytes(2, "big") + b"slow consumer"
-            transport.write(bytes((0x88, len(code))) + code)
+            transport.write(frame)
             transport.close()  # flushes what is buffered, then closes
             loop = asyncio.get_running_loop()
-            loop.call_later(30, transport.abort)
+            loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
             # For routing and presence the socket is gone now, not when its client wakes up.
             # Deferred: we may be inside the router's loop over this user's sockets.
             loop.call_soon(self.leave)
@@ -208,12 +258,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
     header_token = bearer_token(request)
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat,
+        # No aiohttp heartbeat (heartbeat.py pings every socket from one task) and no autoping:
+        # the read loops answer pings and see pongs themselves.
+        heartbeat=None,
         # aiohttp refuses a frame whose size *reaches* max_msg_size; the protocol accepts
         # exactly max_frame_bytes and refuses one byte more.
         max_msg_size=settings.max_frame_bytes + 1,
         compress=False,
-        autoping=True,
+        autoping=False,
         receive_timeout=None,
     )
     await ws.prepare(request)
@@ -242,20 +294,35 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
         pass
 
 
+async def _pong(ws: web.WebSocketResponse, payload: bytes) -> None:
+    try:
+        await ws.pong(payload)
+    except ConnectionError:
+        pass  # the socket is closing: its read loop ends on its own
+
+
 async def _hello(
     request: web.Request, ws: web.WebSocketResponse, settings: Settings, header_token: str | None
 ) -> tuple[Session, str | None] | None:
     """Wait for ``hello`` and authenticate; ``(session, hello's id)`` or None if refused."""
     app = request.app
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.hello_timeout
     while True:
         try:
-            msg = await ws.receive(timeout=settings.hello_timeout)
+            msg = await ws.receive(timeout=max(0.001, deadline - loop.time()))
         except TimeoutError:
             await _close(ws, CLOSE_HELLO_TIMEOUT, "no hello in time")
             return None
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return None
+        if msg.type == WSMsgType.PING:
+            await _pong(ws, msg.data)  # does not restart the hello deadline
+            continue
+        if msg.type == WSMsgType.PONG:
+            continue
         if msg.type != WSMsgType.TEXT:
+            deadline = loop.time() + settings.hello_timeout
             await ws.send_str(frames.error(None, "bad_request", "frames must be text").decode())
             continue
         try:
@@ -280,8 +347,12 @@ async def _hello(
         try:
             session = await app[ACCOUNTS].authenticate(token)
         except ChatError as exc:
-            code = exc.code if exc.code == "unavailable" else "unauthorized"
-            await ws.send_str(frames.error(request_frame.id, code, exc.message).decode())
+            if exc.code == "unavailable":
+                # The token may well be good: 1013 tells the client to keep it and retry.
+                await ws.send_str(frames.error(request_frame.id, exc.code, exc.message).decode())
+                await _close(ws, CLOSE_TRY_AGAIN_LATER, "store unavailable")
+                return None
+            await ws.send_str(frames.error(request_frame.id, "unauthorized", exc.message).decode())
             await _close(ws, CLOSE_UNAUTHORIZED, "unauthorized")
             return None
         router = app[ROUTER]
@@ -314,35 +385,44 @@ async def _serve(
     app = request.app
     router = app[ROUTER]
     presence = app[PRESENCE]
+    heartbeat = app[HEARTBEAT]
     conn = Connection(ws, request, settings, session, app[COALESCER])
 
     def gone() -> None:
         router.remove(conn)
+        heartbeat.remove(conn)
         presence.disconnected(session.user)
 
     conn.on_gone = gone
-    router.add(conn)
-    app[CONNECTIONS].add(conn)
-    conn.send_payload(
-        frames.ok(
-            hello_id,
-            {
-                "user": session.user,
-                "connection": conn.id,
-                "server": app[SERVER_ID],
-                "heartbeat": settings.heartbeat,
-            },
-        )
-    )
-    await presence.connected(session.user)
+    interval = settings.heartbeat
+    reply = {
+        "user": session.user,
+        "connection": conn.id,
+        "server": app[SERVER_ID],
+        "heartbeat": int(interval) if float(interval).is_integer() else interval,
+    }
     dispatch = _Dispatcher(app, conn)
     try:
+        # Routed to, locally and (through presence's registry entry) from other servers,
+        # before the client reads ``ok``: whatever is sent to the user after it saw ``ok``
+        # reaches this socket, and whatever was sent before is in the history it fetches.
+        # Events routed meanwhile are held behind the reply.
+        conn.hold()
+        router.add(conn)
+        app[CONNECTIONS].add(conn)
+        heartbeat.add(conn)
+        await presence.connected(session.user)
+        conn.release(text_frame(frames.ok(hello_id, reply)))
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
+            conn.unanswered = 0  # any frame is a sign of life, a pong or anything else
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
                 await dispatch.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
+            elif kind is WSMsgType.PING:
+                conn.send_wire(pong_frame(msg.data))
+            elif kind is WSMsgType.BINARY:
                 conn.send_payload(frames.error(None, "bad_request", "frames must be text JSON"))
-            elif msg.type == WSMsgType.ERROR:
+            elif kind is WSMsgType.ERROR:
                 break
     finally:
         conn.leave()
