@@ -413,16 +413,20 @@ async def _serve(
         heartbeat.add(conn)
         await presence.connected(session.user)
         conn.release(text_frame(frames.ok(hello_id, reply)))
-        async for msg in ws:
+        receive = ws.receive  # not ``async for``: one coroutine less per frame (every pong)
+        while True:
+            msg = await receive()
             conn.unanswered = 0  # any frame is a sign of life, a pong or anything else
             kind = msg.type
             if kind is WSMsgType.TEXT:
                 await dispatch.handle(msg.data)
+            elif kind is WSMsgType.PONG:
+                pass
             elif kind is WSMsgType.PING:
                 conn.send_wire(pong_frame(msg.data))
             elif kind is WSMsgType.BINARY:
                 conn.send_payload(frames.error(None, "bad_request", "frames must be text JSON"))
-            elif kind is WSMsgType.ERROR:
+            else:  # CLOSE, CLOSING, CLOSED or ERROR: the socket is done
                 break
     finally:
         conn.leave()
