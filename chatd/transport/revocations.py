@@ -86,10 +86,14 @@ class RevocationPoller:
         by_session: dict[str, list[LocalConnection]] = {}
         for conn in list(self.router.connections(user)):
             by_session.setdefault(conn.token_hash, []).append(conn)
+        closed = 0
         for token_hash, conns in by_session.items():
             if not await self.session_alive(token_hash):
                 for conn in conns:
                     conn.revoke()
+                closed += len(conns)
+        if closed:
+            log.info("closing %d socket(s) of %s: their sessions were revoked", closed, user)
 
 
 async def poll_revocations(app: web.Application) -> AsyncIterator[None]:

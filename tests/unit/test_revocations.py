@@ -134,4 +134,4 @@ async def test_a_store_outage_is_logged_once_and_delays_revocations_without_losi
     world.poller.store = live
     await world.poller.poll()
     assert alice.revoked
-    assert "again" in caplog.records[-1].getMessage()
+    assert any("again" in r.getMessage() for r in caplog.records[1:]), caplog.text
