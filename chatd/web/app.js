@@ -72,6 +72,7 @@ function endSession(message) {
   $("message-list").replaceChildren();
   $("conversation-list").replaceChildren();
   closeChat();
+  document.title = "chatd";
   showAuth(message);
 }
 
@@ -404,7 +405,7 @@ function noteTyping() {
   if (!activeConv || !socket) return;
   const conv = activeConv;
   if (Date.now() - typingSentAt > TYPING_REPEAT_MS) {
-    socket.notify("typing", { conv, state: "start" });
+    sendTyping(conv, "start");
     typingSentAt = Date.now();
   }
   clearTimeout(typingStopTimer);
@@ -413,8 +414,43 @@ function noteTyping() {
 
 function stopTyping(conv = activeConv) {
   clearTimeout(typingStopTimer);
-  if (typingSentAt && conv && socket) socket.notify("typing", { conv, state: "stop" });
+  if (typingSentAt && conv) sendTyping(conv, "stop");
   typingSentAt = 0;
+}
+
+// chatd drops typing frames past 2 a second per connection (bursts of 4) without a word, so
+// the client keeps under that itself: frames wait for the budget, and only the latest state
+// per conversation is sent (a "start" then "stop" still waiting is just the "stop").
+const TYPING_RATE = 2; // frames per second
+const TYPING_BURST = 3; // one below the server's, to stay clear of its clock
+const typingBudget = { tokens: TYPING_BURST, at: Date.now() };
+const typingWaiting = new Map(); // conv -> "start" | "stop"
+let typingTimer = null;
+
+function sendTyping(conv, state) {
+  typingWaiting.delete(conv); // re-inserted last: conversations are served in order
+  typingWaiting.set(conv, state);
+  drainTyping();
+}
+
+function drainTyping() {
+  typingTimer = null;
+  while (typingWaiting.size && socket) {
+    const now = Date.now();
+    const refill = ((now - typingBudget.at) / 1000) * TYPING_RATE;
+    typingBudget.tokens = Math.min(TYPING_BURST, typingBudget.tokens + refill);
+    typingBudget.at = now;
+    if (typingBudget.tokens < 1) {
+      const wait = ((1 - typingBudget.tokens) / TYPING_RATE) * 1000 + 20;
+      clearTimeout(typingTimer);
+      typingTimer = setTimeout(drainTyping, wait);
+      return;
+    }
+    typingBudget.tokens -= 1;
+    const [conv, state] = typingWaiting.entries().next().value;
+    typingWaiting.delete(conv);
+    socket.notify("typing", { conv, state });
+  }
 }
 
 // ---- media ------------------------------------------------------------------------------
@@ -538,6 +574,9 @@ function renderAll(options = {}) {
     openConversation,
   );
   $("empty-list").hidden = count > 0;
+  let unread = 0;
+  for (const c of store.conversations.values()) unread += c.unread;
+  document.title = unread ? `(${unread}) chatd` : "chatd";
   renderChat(options);
 }
 

@@ -64,10 +64,13 @@ export function previewText(store, message) {
   if (message.kind === "system") return systemText(message);
   let text = message.body || "";
   if (!text && message.media && message.media.length) {
-    text = message.media.map((m) => m.filename || "file").join(", ");
-    text = `📎 ${text}`;
+    const images = message.media.every((m) => m.mime && m.mime.startsWith("image/"));
+    const names = message.media.map((m) => m.filename || "file").join(", ");
+    text = `${images ? "Photo" : "File"}: ${names}`;
   }
-  return message.from === store.me ? `You: ${text}` : text;
+  if (message.from === store.me) return `You: ${text}`;
+  const c = store.conversations.get(message.conv);
+  return c && c.kind === "group" ? `${message.from}: ${text}` : text;
 }
 
 export function renderConversationList(list, store, activeConv, onOpen) {
@@ -155,7 +158,7 @@ export function systemText(message) {
   }
 }
 
-const TICKS = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
+const TICKS = { pending: "◔", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 const TICK_TITLES = {
   pending: "Sending…",
   sent: "Sent",

@@ -40,11 +40,20 @@ class WebUser:
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
 
     @classmethod
-    def open(cls, browser: Browser, server: ChatdServer, prefix: str, **options: Any) -> WebUser:
+    def open(
+        cls,
+        browser: Browser,
+        server: ChatdServer,
+        prefix: str,
+        exact_name: bool = False,
+        **options: Any,
+    ) -> WebUser:
+        """A new context showing the sign-in page; the user is ``prefix`` plus a unique suffix
+        (or exactly ``prefix`` with ``exact_name``, on a server of one's own)."""
         context = browser.new_context(**options)
         context.set_default_timeout(WAIT_MS)
         page = context.new_page()
-        user = cls(context, page, server, unique_name(prefix))
+        user = cls(context, page, server, prefix if exact_name else unique_name(prefix))
         page.goto(server.base_url + "/")
         return user
 

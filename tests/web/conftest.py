@@ -1,9 +1,9 @@
 """Fixtures for the browser tests: a real ``chatd serve`` and Debian's Chromium, headless.
 
 The server fixtures are those of ``tests/e2e/conftest.py`` (one ``chatd serve`` per module,
-stopped by pid). ``browser`` launches ``/usr/bin/chromium`` through Playwright once per
-module (no browser download); without it the tests skip, and fail under ``CI=true`` like
-every other missing backend (``tests.conftest.require_backend``).
+stopped by pid). ``browser`` launches ``/usr/bin/chromium`` through Playwright once for the
+whole run (no browser download; each test gets fresh contexts); without it the tests skip,
+and fail under ``CI=true`` like every other missing backend (``tests.conftest.require_backend``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .client import CHROMIUM, WebUser
 __all__ = ["browser", "module_server_factory", "server", "server_factory", "web_user"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         require_backend("chromium", f"{CHROMIUM} is missing (apt-get install chromium)")

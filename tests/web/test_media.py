@@ -26,7 +26,7 @@ def test_image_upload_is_a_thumbnail_for_the_other_user(
 
     picture = tmp_path / "lake.png"
     png_file(picture, 640, 400)
-    alice.page.set_input_files("#file-input", str(picture))  # what the 📎 button opens
+    alice.page.set_input_files("#file-input", str(picture))  # what the + (attach) button opens
 
     for user in (alice, bob):
         thumb = user.page.locator("#message-list .message img.thumb")
@@ -75,7 +75,7 @@ def test_dropped_file_is_sent_with_a_download_link(
     expect(link.locator(".file-size")).to_have_text(" · 18 B", timeout=WAIT_MS)
     expect(bob.page.locator("#message-list img.thumb")).to_have_count(0, timeout=WAIT_MS)
     expect(bob.conversation(alice.name).locator(".conversation-preview")).to_have_text(
-        "📎 notes.txt", timeout=WAIT_MS
+        "File: notes.txt", timeout=WAIT_MS
     )
     with bob.page.expect_download(timeout=WAIT_MS) as download_info:
         link.click()
