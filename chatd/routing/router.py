@@ -1,8 +1,15 @@
 """Fan-out: hand one serialized event to every connection of a set of users.
 
 Local connections are written directly (synchronously: no await per recipient). Users held by
-other servers are looked up in the registry and reached with one bus publish per remote server,
-from a single pump task so that events of one conversation leave in the order they were made.
+other servers are looked up in the registry and reached through the bus from a single pump task,
+so that events of one conversation leave in the order they were made. The pump takes every
+event waiting when it wakes and sends each remote server one envelope holding all of that
+server's events: one registry lookup and at most one publish per remote server per batch, so
+the bus is never paid a round trip per event (and never more than one publish per event).
+
+Envelope (opaque to the bus): ``kind + JSON list of users + "\n" + payload`` for one event;
+``"m"`` followed by such envelopes, each preceded by its length (4 bytes, big-endian), for
+several.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from chatd.routing.base import Bus
 log = logging.getLogger(__name__)
 
 MAX_OUTBOX = 100_000  # remote deliveries waiting for the pump; beyond it they are dropped
+# One batch of the pump: bounded so that one envelope stays a few MB at most.
+MAX_BATCH_EVENTS = 4096
+MAX_BATCH_BYTES = 4 << 20
+MULTI = b"m"
 
 
 class LocalConnection(Protocol):
@@ -144,11 +155,12 @@ class Router:
         self._wake.set()
 
     async def _pump(self) -> None:
+        outbox = self._outbox
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._outbox:
-                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 256))]
+            while outbox:
+                batch = self._take_batch()
                 try:
                     await self._publish_batch(batch)
                 except ChatError as exc:
@@ -161,6 +173,17 @@ class Router:
                     self.dropped += len(batch)
                     log.exception("remote delivery failed")
 
+    def _take_batch(self) -> list[tuple[bytes, tuple[str, ...], bytes]]:
+        """Everything waiting, up to the batch bounds, oldest first."""
+        outbox = self._outbox
+        batch: list[tuple[bytes, tuple[str, ...], bytes]] = []
+        size = 0
+        while outbox and len(batch) < MAX_BATCH_EVENTS and size < MAX_BATCH_BYTES:
+            item = outbox.popleft()
+            batch.append(item)
+            size += len(item[2])
+        return batch
+
     async def _publish_batch(self, batch: list[tuple[bytes, tuple[str, ...], bytes]]) -> None:
         everyone = {user for _, users, _ in batch for user in users}
         servers = await self.bus.locate(everyone)
@@ -170,17 +193,43 @@ class Router:
         for server, held in servers.items():
             for user in held:
                 server_of.setdefault(user, []).append(server)
+        # Per server, its part of every event in order: a server's events of one conversation
+        # travel in one envelope (or in envelopes published one after the other).
+        parts: dict[str, list[bytes]] = {}
         for kind, users, payload in batch:
             per_server: dict[str, list[str]] = {}
             for user in users:
                 for server in server_of.get(user, ()):
                     per_server.setdefault(server, []).append(user)
             for server, targets in per_server.items():
-                header = orjson.dumps(targets)
-                await self.bus.publish(server, kind + header + b"\n" + payload)
-                self.publishes += 1
+                part = kind + orjson.dumps(targets) + b"\n" + payload
+                parts.setdefault(server, []).append(part)
+        publish = self.bus.publish
+        sends = [publish(server, _envelope(pieces)) for server, pieces in parts.items()]
+        if len(sends) == 1:
+            await sends[0]
+        else:
+            # Different servers have different channels: no order to keep between them.
+            await asyncio.gather(*sends)
+        self.publishes += len(sends)
 
     def _on_envelope(self, data: bytes) -> None:
+        if data[:1] == MULTI:
+            view = memoryview(data)
+            end = len(data)
+            at = 1
+            while at < end:
+                length = int.from_bytes(view[at : at + 4], "big")
+                at += 4
+                if length <= 0 or at + length > end:
+                    log.warning("malformed bus envelope dropped")
+                    return
+                self._on_event(data[at : at + length])
+                at += length
+            return
+        self._on_event(data)
+
+    def _on_event(self, data: bytes) -> None:
         kind = data[:1]
         newline = data.find(b"\n")
         if newline < 0:
@@ -201,3 +250,14 @@ class Router:
             token_hash = payload.decode() or None
             for user in users:
                 self._revoke_local(user, token_hash)
+
+
+def _envelope(parts: list[bytes]) -> bytes:
+    """One event as it is; several as ``MULTI`` and each one length-prefixed."""
+    if len(parts) == 1:
+        return parts[0]
+    out = bytearray(MULTI)
+    for part in parts:
+        out += len(part).to_bytes(4, "big")
+        out += part
+    return bytes(out)
