@@ -10,11 +10,13 @@ from aiohttp import web
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 # The client renders everything users type as text; the policy makes an injection that
-# slipped through inert anyway (no inline script, no foreign origins).
+# slipped through inert anyway (no inline script, no foreign origins). Media is fetched with
+# the bearer token and shown or downloaded through blob: URLs, hence blob: in img- and
+# connect-src (a download of a blob: link counts as a connection).
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "connect-src 'self' ws: wss:; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'; object-src 'none'"
+    "connect-src 'self' blob: ws: wss:; worker-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'; object-src 'none'"
 )
 
 

@@ -35,9 +35,14 @@ class WebUser:
         self.server = server
         self.name = name
         self.dialogs: list[str] = []
-        self.page_errors: list[str] = []
+        self.page_errors: list[str] = []  # uncaught exceptions in the page
+        self.console_errors: list[str] = []  # CSP violations, failed loads, console.error
         page.on("dialog", self._dialog)
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on(
+            "console",
+            lambda m: self.console_errors.append(m.text) if m.type == "error" else None,
+        )
 
     @classmethod
     def open(
