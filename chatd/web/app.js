@@ -597,14 +597,15 @@ function renderChat({ toBottom = false, keepFromBottom = null } = {}) {
     const typists = store.typists(c);
     $("typing").textContent = ui.typingText(c, typists);
     $("chat-subtitle").textContent = subtitle(c);
-    ui.renderMessages($("message-list"), store, c, outgoingFor(c.conv, null));
+    ui.renderMessages($("message-list"), store, c, outgoingFor(c.conv, null), discard);
     renderHistoryState(c);
   } else {
     $("chat-title").textContent = draftPeer;
     $("info-button").hidden = true;
     $("typing").textContent = "";
     $("chat-subtitle").textContent = ui.lastSeenText(store.presence.get(draftPeer));
-    ui.renderMessages($("message-list"), store, draftConversation(), outgoingFor(null, draftPeer));
+    const outgoing = outgoingFor(null, draftPeer);
+    ui.renderMessages($("message-list"), store, draftConversation(), outgoing, discard);
     $("history-state").textContent = "Say hello: your first message starts the conversation.";
   }
   renderGroupPanel(c);
@@ -612,6 +613,13 @@ function renderChat({ toBottom = false, keepFromBottom = null } = {}) {
   if (keepFromBottom !== null) box.scrollTop = box.scrollHeight - keepFromBottom;
   else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
   else box.scrollTop = previousTop;
+}
+
+// A message the server refused (too long, not allowed) is dropped by the user.
+function discard(out) {
+  const at = store.outbox.indexOf(out);
+  if (at >= 0) store.outbox.splice(at, 1);
+  renderChat();
 }
 
 function draftConversation() {
@@ -748,6 +756,7 @@ function wireAppControls() {
     const body = input.value;
     if (!body.trim() || !store) return;
     input.value = "";
+    fitComposer();
     stopTyping();
     queueMessage(body);
   });
@@ -758,6 +767,7 @@ function wireAppControls() {
     }
   });
   input.addEventListener("input", () => {
+    fitComposer();
     if (input.value) noteTyping();
     else stopTyping();
   });
@@ -776,6 +786,13 @@ function wireAppControls() {
   });
 
   window.addEventListener("online", () => socket && socket.retryNow());
+}
+
+// The message box grows with its text (up to the CSS max-height), like most chat apps.
+function fitComposer() {
+  const input = $("composer-input");
+  input.style.height = "auto";
+  input.style.height = `${input.scrollHeight + 2}px`;
 }
 
 // A small form under a button: the button shows it, Cancel hides it, the handler answers

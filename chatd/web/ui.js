@@ -223,7 +223,7 @@ async function download(path, filename) {
   a.remove();
 }
 
-function messageItem(store, c, m, state) {
+function messageItem(store, c, m, state, onDiscard) {
   if (m.kind === "system") {
     const item = el("li", "system", systemText(m));
     item.dataset.seq = m.seq;
@@ -245,14 +245,23 @@ function messageItem(store, c, m, state) {
   meta.append(el("time", null, clock(m.ts)));
   if (own) meta.append(tick(state));
   bubble.append(meta);
-  if (m.error) bubble.append(el("p", "send-error", m.error));
+  if (m.error) {
+    const why = el("p", "send-error", `Not sent: ${m.error} `);
+    if (onDiscard) {
+      const discard = el("button", "link discard", "Remove");
+      discard.type = "button";
+      discard.addEventListener("click", () => onDiscard(m));
+      why.append(discard);
+    }
+    bubble.append(why);
+  }
   item.append(bubble);
   return item;
 }
 
 // The whole list, stored messages then the ones still on their way, with a separator
 // wherever the day changes.
-export function renderMessages(list, store, c, outgoing) {
+export function renderMessages(list, store, c, outgoing, onDiscard = null) {
   const items = [];
   let lastDay = null;
   const add = (m, state) => {
@@ -261,7 +270,7 @@ export function renderMessages(list, store, c, outgoing) {
       items.push(el("li", "day", day));
       lastDay = day;
     }
-    items.push(messageItem(store, c, m, state));
+    items.push(messageItem(store, c, m, state, onDiscard));
   };
   for (const m of store.orderedMessages(c)) {
     add(m, m.from === store.me ? store.tickState(c, m) : null);

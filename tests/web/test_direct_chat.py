@@ -80,3 +80,36 @@ def test_unknown_username_is_explained(web_user: Callable[..., WebUser]) -> None
     expect(alice.page.locator("#new-chat-form .error")).to_have_text(
         "There is no user called nobody-by-this-name.", timeout=WAIT_MS
     )
+
+
+def test_a_revoked_session_returns_to_the_sign_in_form(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    # The session ends elsewhere (another device's "sign out", or `chatd user passwd`).
+    status = alice.page.evaluate(
+        """async () => (await fetch("/api/v1/sessions/current", {
+            method: "DELETE",
+            headers: {Authorization: `Bearer ${localStorage.getItem("chatd-token")}`},
+        })).status"""
+    )
+    assert status == 204
+    expect(alice.page.locator("#auth-error")).to_have_text(
+        "Your session has ended. Please sign in again.", timeout=WAIT_MS
+    )
+    assert alice.page.evaluate("localStorage.getItem('chatd-token')") is None
+
+
+def test_a_refused_message_says_why_and_can_be_removed(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("fine")
+    alice.send("x" * 16385)  # one past max_body_chars
+    failed = alice.page.locator("#message-list .message.failed")
+    expect(failed.locator(".send-error")).to_contain_text("Not sent:", timeout=WAIT_MS)
+    expect(failed.locator(".tick")).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+    alice.send("after the long one")  # the refused message does not block the others
+    bob.open_conversation(alice.name)
+    bob.expect_bodies(["fine", "after the long one"])
+    failed.locator("button.discard").click()
+    expect(failed).to_have_count(0, timeout=WAIT_MS)
+    alice.expect_bodies(["fine", "after the long one"])
