@@ -189,13 +189,11 @@ async function catchUp(c) {
   }
 }
 
-let loadingOlder = false;
-
 // One page before the oldest message held (the newest page the first time).
 async function loadOlder(c) {
-  if (loadingOlder || !c.moreBefore) return;
-  loadingOlder = true;
-  renderHistoryState(c);
+  if (c.loading || !c.moreBefore) return;
+  c.loading = true;
+  if (c.conv === activeConv) renderHistoryState(c);
   const box = $("messages");
   const fromBottom = box.scrollHeight - box.scrollTop;
   try {
@@ -209,14 +207,14 @@ async function loadOlder(c) {
     else if (c.loadedFrom === null) c.loadedFrom = 0;
     c.moreBefore = reply.more;
     if (first) await catchUp(c); // a live message could have landed above the page
-    loadingOlder = false;
+    c.loading = false;
     if (c.conv === activeConv) {
       renderChat({ keepFromBottom: first ? null : fromBottom });
       acknowledge(c);
     }
   } catch (error) {
-    loadingOlder = false;
-    renderHistoryState(c, error.message);
+    c.loading = false;
+    if (c.conv === activeConv) renderHistoryState(c, error.message);
     return;
   }
   // Not enough to scroll yet: fetch another page, so scrolling up can reach the beginning.
@@ -644,7 +642,7 @@ function subtitle(c) {
 function renderHistoryState(c, error = null) {
   let text = "";
   if (error) text = `Could not load older messages: ${error}`;
-  else if (loadingOlder) text = "Loading…";
+  else if (c.loading) text = "Loading…";
   else if (c.loadedFrom !== null && !c.moreBefore) text = "This is the beginning of the conversation.";
   $("history-state").textContent = text;
 }

@@ -30,6 +30,7 @@ export class Store {
         // Everything from `loadedFrom` up to the highest seq held is present, gap-free.
         loadedFrom: null,
         moreBefore: true,
+        loading: false, // a page of older history is on its way
         typing: new Map(), // username -> expiry time
         // The seq the member list and title are current as of: system messages at or
         // below it (old history) are already reflected and must not be applied again.
