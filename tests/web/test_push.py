@@ -4,7 +4,8 @@ the subscription to chatd; off deletes it on the server and in the browser.
 The browser's own push service (FCM for Chromium) is outside chatd and unreachable from a
 test machine, so ``PushManager`` is replaced in the page by a stand-in that returns a
 subscription with a real P-256 key, as the push service would. Everything else is real: the
-service worker registration, the permission, chatd's VAPID key and subscription endpoints.
+service worker registration, the permission, chatd's VAPID key and subscription endpoints
+(the shared server of ``tests/web`` runs with ``--push webpush``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from tests.e2e.server import ChatdServer, ServerFactory
 
 from .client import WAIT_MS, WebUser
 
-SERVER_FLAGS = {"push": "webpush"}
 ENDPOINT = "https://push.example.com/send/fake-subscription"
 
 

@@ -8,8 +8,7 @@ from playwright.sync_api import expect
 
 from .client import PASSWORD, WAIT_MS, WebUser
 
-# A short grace so that "offline, last seen ..." shows within a second of bob leaving.
-SERVER_FLAGS = {"presence_grace": 0.5}
+# The shared server of tests/web has presence_grace 0.5 s: "last seen" shows within a second.
 
 
 def test_ticks_go_from_sent_to_delivered_to_read(web_user: Callable[..., WebUser]) -> None:

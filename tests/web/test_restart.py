@@ -2,8 +2,8 @@
 while it was down is sent once, and what one page missed is fetched; every message shows
 exactly once, in order.
 
-This module has its own ``chatd serve`` (the ``server`` fixture is per module), stopped by pid
-and started again on the same port and data dir.
+This module has its own ``chatd serve`` (``OWN_SERVER``), stopped by pid and started again on
+the same port and data dir.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from playwright.sync_api import WebSocketRoute, expect
 from tests.e2e.server import ChatdServer
 
 from .client import WAIT_MS, WebUser
+
+OWN_SERVER = True
 
 # Reconnecting backs off 0.5, 1, 2, 4 ... s; the restart itself takes a second or two.
 RECOVER_MS = 30_000
