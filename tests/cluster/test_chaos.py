@@ -215,14 +215,14 @@ class Chaos:
 
 async def start_three(factory: ServerFactory, tmp_path: Path, prefix: str) -> list[ChatdServer]:
     store = f"sqlite:///{tmp_path / 'chaos.db'}"
-    flags = {
+    flags: dict[str, object] = {
         "bus": f"{REDIS}?prefix={prefix}",  # the default heartbeat (2 s) and ttl (6 s)
         "store": store,
         "presence_grace": 0.5,
         "messages_per_second": 1000,
         "message_burst": 1000,
     }
-    servers = [factory.create(server_id=f"s{i}", **flags) for i in range(3)]
+    servers = [factory.create(env=None, server_id=f"s{i}", **flags) for i in range(3)]
     servers[0].start()  # the first creates the schema; the others then start side by side
     await asyncio.gather(*(asyncio.to_thread(s.start) for s in servers[1:]))
     return servers
@@ -364,7 +364,7 @@ async def test_sigkill_one_of_three_processes_while_30_clients_exchange_3000_mes
         killed_at, killed_wall_ms = time.monotonic(), time.time() * 1000
 
     runs = [asyncio.create_task(chaos.run(c)) for c in clients]
-    tasks = [*runs, asyncio.create_task(kill_midway())]
+    tasks: list[asyncio.Task[Any]] = [*runs, asyncio.create_task(kill_midway())]
     try:
         async with asyncio.timeout(RUN_WITHIN):
             await tasks[-1]
@@ -400,9 +400,9 @@ async def test_sigkill_one_of_three_processes_while_30_clients_exchange_3000_mes
         f" registry clean after {clean_at - killed_at:.1f}s; {chaos.resent} in-flight sends"
         " resent and found stored"
     )
-    for user, event in offline_events.items():
+    for name, event in offline_events.items():
         assert isinstance(event["last_seen"], int), event
-        assert event["last_seen"] >= killed_wall_ms - 1000, (user, event, killed_wall_ms)
+        assert event["last_seen"] >= killed_wall_ms - 1000, (name, event, killed_wall_ms)
     assert all(c.reconnects == 1 for c in victims), [(c.user.name, c.reconnects) for c in victims]
     assert all(c.reconnects == 0 for c in clients if c not in victims)
     assert all(ws.closed for ws in away)
