@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from chatd.transport.keys import METRICS
+
 if TYPE_CHECKING:
     from chatd.transport.ws import Connection
 
@@ -91,6 +93,9 @@ HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat", Heartbeat)
 async def run_heartbeat(app: web.Application) -> AsyncIterator[None]:
     """A ``cleanup_ctx``: the sweep runs from startup and is cancelled, and awaited, at cleanup."""
     heartbeat = app[HEARTBEAT]
+    if METRICS in app:
+        app[METRICS].counters["chatd_ws_pings_total"] = lambda: heartbeat.pings
+        app[METRICS].counters["chatd_ws_heartbeat_closes_total"] = lambda: heartbeat.expired
     task = asyncio.get_running_loop().create_task(heartbeat.run(), name="ws-heartbeat")
     yield
     task.cancel()

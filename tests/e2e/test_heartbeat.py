@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -145,7 +146,8 @@ async def test_a_client_that_answers_pings_stays_connected(
 async def test_a_silent_client_is_closed_with_4408_after_two_missed_pongs(
     fast_server: ChatdServer, harness: Callable[[ChatdServer], Harness], watchers: Any
 ) -> None:
-    user = await harness(fast_server).user("silent")
+    h = harness(fast_server)
+    user = await h.user("silent")
     watcher: PingWatcher = await watchers(fast_server, False)
     assert (await watcher.hello(user))["type"] == "ok"
     code = await watcher.wait_closed(timeout=HEARTBEAT * 10)
@@ -155,6 +157,17 @@ async def test_a_silent_client_is_closed_with_4408_after_two_missed_pongs(
     assert len(watcher.pings) == 2, watcher.pings
     assert watcher.closed_at is not None
     assert watcher.closed_at - watcher.pings[0] >= HEARTBEAT * 1.5
+    # An operator sees it in /metrics.
+    assert await counter(h, "chatd_ws_heartbeat_closes_total") == 1
+    assert await counter(h, "chatd_ws_pings_total") >= 2
+
+
+async def counter(h: Harness, name: str) -> float:
+    status, text = await h.http("GET", "/metrics")
+    assert status == 200, (status, text)
+    found = re.search(rf"^{name}\s+([0-9.e+]+)$", str(text), re.M)
+    assert found, f"{name} missing from /metrics"
+    return float(found.group(1))
 
 
 async def test_any_frame_counts_as_an_answer(
