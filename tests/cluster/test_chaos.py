@@ -7,13 +7,14 @@ processes). Once a third of the messages are acknowledged, the first process is 
 Its ten clients do what a real client does: reconnect to a survivor, catch up with
 ``conversations`` + ``history`` from the last seq they hold, resend the message that was in
 flight with the same ``client_id``, and go on. Three more users, connected only to the
-dead process, stay away.
+dead process, stay away; one more has a second device on a survivor.
 
 Then, with :mod:`tests.e2e.lossck`: every acknowledged message is in the store exactly once
 with gapless seqs, and every member client holds every message of its conversations once
 (the same message at each seq as the store, no seq delivered live twice). The users who
 stayed away are announced offline to a contact within 15 s of the kill (the issue's bound),
-with a ``last_seen``, and the dead server's registry entries in Redis are gone.
+with a ``last_seen``, and the dead server's registry entries in Redis are gone; the user
+with a device on a survivor is never shown offline.
 """
 
 from __future__ import annotations
@@ -308,32 +309,32 @@ async def test_sigkill_one_of_three_processes_while_30_clients_exchange_3000_mes
     hs = [harness(s) for s in servers]
 
     # Users: registered on the three processes at once (argon2id is deliberately slow).
-    per_server = [(CLIENTS + STAY_AWAY + 1 + 2 - i) // 3 for i in range(3)]
+    total = CLIENTS + STAY_AWAY + 2  # the watcher, the user with two devices
+    per_server = [(total + 2 - i) // 3 for i in range(3)]
     registered = await asyncio.gather(
         *(h.users(*["chaos"] * n) for h, n in zip(hs, per_server, strict=True))
     )
     pool = [u for batch in registered for u in batch]
-    users, away_users, watcher_user = (
-        pool[:CLIENTS],
-        pool[CLIENTS : CLIENTS + STAY_AWAY],
-        pool[-1],
-    )
+    users, away_users = pool[:CLIENTS], pool[CLIENTS : CLIENTS + STAY_AWAY]
+    split_user, watcher_user = pool[-2:]
 
-    # Client i lives on process i % 3; the stay-away users only on the victim; the watcher,
-    # who follows them and the victim's clients, on a survivor.
+    # Client i lives on process i % 3; the stay-away users only on the victim; the split
+    # user on the victim and on a survivor; the watcher, who follows them all and the
+    # victim's clients, on a survivor.
     clients = []
     for i, user in enumerate(users):
         conn = await connect(hs[i % 3], user)
         clients.append(Client(i, user, i % 3, conn, conns=[conn]))
     away = [await connect(hs[VICTIM], u) for u in away_users]
+    split_dead = await connect(hs[VICTIM], split_user, "on-victim")
+    await connect(hs[1], split_user, "on-survivor")
     watcher = await connect(hs[2], watcher_user)
     victims = [c for c in clients if c.home == VICTIM]
-    for u in away_users + [c.user for c in victims]:
+    followed = away_users + [split_user] + [c.user for c in victims]
+    for u in followed:
         await ask(watcher, "add_contact", user=u.name)
     listing = (await ask(watcher, "contacts"))["contacts"]
-    assert {x["user"]: x["status"] for x in listing} == {
-        u.name: "online" for u in away_users + [c.user for c in victims]
-    }
+    assert {x["user"]: x["status"] for x in listing} == {u.name: "online" for u in followed}
 
     # Conversations: a direct one between neighbours i and i+1 (always on two different
     # processes), a group of ten for each block of ten clients (spanning all three).
@@ -405,7 +406,7 @@ async def test_sigkill_one_of_three_processes_while_30_clients_exchange_3000_mes
         assert event["last_seen"] >= killed_wall_ms - 1000, (name, event, killed_wall_ms)
     assert all(c.reconnects == 1 for c in victims), [(c.user.name, c.reconnects) for c in victims]
     assert all(c.reconnects == 0 for c in clients if c not in victims)
-    assert all(ws.closed for ws in away)
+    assert all(ws.closed for ws in [*away, split_dead])
 
     # Catch-up of every client, then the store and every client's copy under lossck.
     await asyncio.wait_for(asyncio.gather(*(c.catch_up() for c in clients)), 60)
@@ -433,9 +434,13 @@ async def test_sigkill_one_of_three_processes_while_30_clients_exchange_3000_mes
         twice = [key for key, n in c.live.items() if n > 1]
         assert not twice, f"{c.user.name} got {len(twice)} messages live twice: {twice[:10]}"
 
-    # The watcher's view after it all: the stay-away users offline with a last_seen, the
-    # victim's clients online on the survivors.
+    # The watcher's view after it all (long after the dead server's users were announced):
+    # the stay-away users offline with a last_seen, the victim's clients online on the
+    # survivors, the split user online all along.
     status = {x["user"]: x for x in (await ask(watcher, "contacts"))["contacts"]}
+    shown = watcher.peek_events("presence", user=split_user.name)
+    assert not shown, f"online on a survivor, yet announced: {shown}"
+    assert status[split_user.name]["status"] == "online", status[split_user.name]
     for u in away_users:
         assert status[u.name]["status"] == "offline" and status[u.name]["last_seen"], status
     for c in victims:
