@@ -652,9 +652,10 @@ function renderGroupPanel(c) {
   $("group-panel").hidden = !show;
   $("info-button").setAttribute("aria-expanded", String(show));
   if (!show) return;
-  const role = ui.renderMembers($("member-list"), store, c, (user) =>
-    groupAction("remove_member", { user }),
-  );
+  const role = ui.renderMembers($("member-list"), store, c, {
+    remove: (user) => groupAction("remove_member", { user }),
+    setRole: (user, newRole) => groupAction("set_role", { user, role: newRole }),
+  });
   const manager = role === "owner" || role === "admin";
   $("rename-form").hidden = !manager;
   $("add-member-form").hidden = !manager;

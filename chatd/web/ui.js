@@ -281,23 +281,32 @@ export function renderMessages(list, store, c, outgoing, onDiscard = null) {
 
 // ---- group details ----------------------------------------------------------------------
 
-export function renderMembers(list, store, c, onRemove) {
+// actions: {remove(user), setRole(user, role)}; only what the caller's role allows is offered.
+export function renderMembers(list, store, c, actions) {
   const mine = store.member(c, store.me);
   const myRole = mine ? mine.role : "member";
+  const button = (className, text, onClick) => {
+    const b = el("button", `secondary small ${className}`, text);
+    b.type = "button";
+    b.addEventListener("click", onClick);
+    return b;
+  };
   const items = c.members.map((m) => {
     const item = el("li", "member");
     item.dataset.user = m.user;
     item.append(el("span", "member-name", m.user === store.me ? `${m.user} (you)` : m.user));
     if (m.role !== "member") item.append(el("span", "role", m.role));
-    const mayRemove =
-      m.user !== store.me &&
-      m.role !== "owner" &&
-      (myRole === "owner" || (myRole === "admin" && m.role === "member"));
-    if (mayRemove) {
-      const button = el("button", "secondary small remove-member", "Remove");
-      button.type = "button";
-      button.addEventListener("click", () => onRemove(m.user));
-      item.append(button);
+    const other = m.user !== store.me && m.role !== "owner";
+    if (other && myRole === "owner") {
+      const promote = m.role === "member";
+      item.append(
+        button("set-role", promote ? "Make admin" : "Make member", () =>
+          actions.setRole(m.user, promote ? "admin" : "member"),
+        ),
+      );
+    }
+    if (other && (myRole === "owner" || (myRole === "admin" && m.role === "member"))) {
+      item.append(button("remove-member", "Remove", () => actions.remove(m.user)));
     }
     return item;
   });

@@ -67,6 +67,22 @@ def test_group_of_three(web_user: Callable[..., WebUser]) -> None:
     carol.expect_bodies([*expected, "just the two of us"])
     expect(carol.page.locator("#chat-subtitle")).to_contain_text("3 members", timeout=WAIT_MS)
 
+    # alice makes bob an admin: he may now rename the group.
+    alice.page.locator(f"#member-list .member[data-user='{bob.name}'] .set-role").click()
+    expect(bob.page.locator("#rename-form")).to_be_visible(timeout=WAIT_MS)
+    bob.page.fill("#rename-title", "camping 2026")
+    bob.page.click("#rename-form button[type=submit]")
+    expect(carol.page.locator("#chat-title")).to_have_text("camping 2026", timeout=WAIT_MS)
+
+    # carol leaves: the group leaves her list, the others see her go.
+    carol.page.click("#info-button")
+    carol.page.click("#leave-button")
+    expect(carol.conversation("camping 2026")).to_have_count(0, timeout=WAIT_MS)
+    expect(alice.page.locator("#message-list .system").last).to_have_text(
+        f"{carol.name} left", timeout=WAIT_MS
+    )
+    expect(alice.page.locator("#member-list .member")).to_have_count(2, timeout=WAIT_MS)
+
 
 def test_group_with_an_unknown_member_is_refused(web_user: Callable[..., WebUser]) -> None:
     alice = web_user("alice")
