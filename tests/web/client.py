@@ -79,6 +79,16 @@ class WebUser:
         expect(self.page.locator("#me-name")).to_have_text(self.name, timeout=WAIT_MS)
         self.expect_online()
 
+    def sign_in(self, name: str | None = None) -> None:
+        """Sign in as an existing user (``name``: another device of that user)."""
+        if name is not None:
+            self.name = name
+        self.page.fill("#auth-username", self.name)
+        self.page.fill("#auth-password", PASSWORD)
+        self.page.click("#login-button")
+        expect(self.page.locator("#me-name")).to_have_text(self.name, timeout=WAIT_MS)
+        self.expect_online()
+
     def expect_online(self, timeout: int = WAIT_MS) -> None:
         expect(self.page.locator("#connection-state")).to_have_attribute(
             "data-state", "online", timeout=timeout

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import expect
 
-from .client import PASSWORD, WAIT_MS, WebUser
+from .client import WAIT_MS, WebUser
 
 # The shared server of tests/web has presence_grace 0.5 s: "last seen" shows within a second.
 
@@ -32,10 +32,7 @@ def test_ticks_go_from_sent_to_delivered_to_read(web_user: Callable[..., WebUser
     expect(alice.page.locator(".tick[data-state=read]")).to_have_count(1, timeout=WAIT_MS)
 
     # ... delivered once he is back (the list shows it unread), read when he opens it.
-    bob.page.fill("#auth-username", bob.name)
-    bob.page.fill("#auth-password", PASSWORD)
-    bob.page.click("#login-button")
-    bob.expect_online()
+    bob.sign_in()
     expect(bob.conversation(alice.name).locator(".unread-badge")).to_have_text("1", timeout=WAIT_MS)
     alice.expect_tick("are you there?", "delivered")
     bob.open_conversation(alice.name)
@@ -80,3 +77,26 @@ def test_presence_dot_and_last_seen(web_user: Callable[..., WebUser]) -> None:
     expect(alice.page.locator("#chat-subtitle")).to_contain_text(
         "last seen today at", timeout=WAIT_MS
     )
+
+
+def test_a_second_device_of_the_same_user_stays_in_step(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    laptop = web_user("alice", register=False)  # alice again, in another browser
+    laptop.sign_in(alice.name)
+
+    bob.start_chat(alice.name)
+    bob.send("hi alice")
+    for device in (alice, laptop):
+        expect(device.conversation(bob.name).locator(".unread-badge")).to_have_text(
+            "1", timeout=WAIT_MS
+        )
+
+    # Read on the phone: the laptop's badge goes too; her reply shows on both as her own.
+    alice.open_conversation(bob.name)
+    expect(laptop.conversation(bob.name).locator(".unread-badge")).to_have_count(0, timeout=WAIT_MS)
+    alice.send("hi bob")
+    laptop.open_conversation(bob.name)
+    laptop.expect_bodies(["hi alice", "hi bob"])
+    expect(laptop.message("hi bob")).to_have_class("message own", timeout=WAIT_MS)
+    bob.expect_bodies(["hi alice", "hi bob"])
