@@ -115,8 +115,10 @@ titles = st.one_of(
     st.text(min_size=1, max_size=20),
     st.sampled_from(["", "   ", "x" * 129, "ok title"]),
 )
+# No NaN or infinity: json.dumps would write them as bare words, which are not JSON at all.
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=8,
 )
@@ -191,7 +193,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert reply["type"] == "error" and reply["code"] in wanted, f"{what}: {reply}"
 
     def conv_choice(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from([*sorted(self.convs), self.missing_conv]), label="conv")
+        # In the order they were made: their ids are random, so sorting them would make the same
+        # draw pick another conversation on a replay, and hypothesis refuses such a test.
+        return data.draw(st.sampled_from([*self.convs, self.missing_conv]), label="conv")
 
     def member(self, conv: str, who: int) -> bool:
         model = self.convs.get(conv)
