@@ -785,6 +785,8 @@ function wireAppControls() {
   });
 
   window.addEventListener("online", () => socket && socket.retryNow());
+  // A notification clicked while the page is open changes only the hash.
+  window.addEventListener("hashchange", () => store && openFromHash());
 }
 
 // The message box grows with its text (up to the CSS max-height), like most chat apps.

@@ -133,3 +133,17 @@ def test_push_on_a_server_without_web_push_says_so(
         expect(alice.page.locator("#push-toggle")).not_to_be_checked(timeout=WAIT_MS)
     finally:
         alice.close()
+
+
+def test_a_notification_link_opens_its_conversation(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    alice.start_chat(bob.name)
+    alice.send("see the notification?")
+    conv = alice.conversation(bob.name).get_attribute("data-conv")
+    assert conv
+    # What the service worker opens when a notification is clicked (sw.js).
+    bob.page.goto(f"{bob.server.base_url}/#conv={conv}")
+    expect(bob.page.locator("#chat-title")).to_have_text(alice.name, timeout=WAIT_MS)
+    bob.expect_message("see the notification?")
+    expect(bob.page.locator("#chat-subtitle")).to_have_text("online", timeout=WAIT_MS)
