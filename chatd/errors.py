@@ -19,6 +19,8 @@ Client-facing code and HTTP status are looked up in exactly one place: ``ChatErr
 
 from __future__ import annotations
 
+import math
+
 
 class ChatError(Exception):
     code = "internal"
@@ -69,7 +71,10 @@ class RateLimited(ChatError):
     http_status = 429
 
     def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
-        super().__init__(message or "rate limited", retry_after=round(retry_after, 3))
+        # Rounded up to the millisecond: a bucket short by a float's hair must not tell the
+        # client to retry in 0 s (and be refused again).
+        shown = math.ceil(retry_after * 1000) / 1000 if math.isfinite(retry_after) else retry_after
+        super().__init__(message or "rate limited", retry_after=shown)
         self.retry_after = retry_after
 
 
