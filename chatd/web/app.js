@@ -6,15 +6,15 @@
 // after the highest seq it holds. Messages are kept by seq, so nothing is shown twice.
 
 import * as api from "./api.js";
+import { fileDropTarget, inlineForm } from "./controls.js";
 import { PushToggle } from "./push.js";
 import { ChatSocket } from "./socket.js";
 import { Store } from "./store.js";
+import { TypingNotifier } from "./typing.js";
 import * as ui from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 50;
-const TYPING_REPEAT_MS = 3000; // resend "start" this often while the user keeps typing
-const TYPING_IDLE_MS = 4000; // send "stop" after this long without a keystroke
 
 let store = null;
 let socket = null;
@@ -23,6 +23,9 @@ let draftPeer = null; // a direct chat being started: the username, before its f
 let groupPanelOpen = false;
 let connection = { state: "connecting", retryAt: 0 };
 let push = null;
+const typing = new TypingNotifier((conv, state) => {
+  if (socket) socket.notify("typing", { conv, state });
+});
 
 // ---- starting and stopping --------------------------------------------------------------
 
@@ -65,6 +68,7 @@ function startApp(session) {
 }
 
 function endSession(message) {
+  typing.reset();
   if (socket) socket.close();
   socket = null;
   store = null;
@@ -396,61 +400,6 @@ function outgoingFor(conv, peer) {
   return store.outbox.filter((m) => (conv ? m.conv === conv : !m.conv && m.to === peer));
 }
 
-let typingSentAt = 0;
-let typingStopTimer = null;
-
-function noteTyping() {
-  if (!activeConv || !socket) return;
-  const conv = activeConv;
-  if (Date.now() - typingSentAt > TYPING_REPEAT_MS) {
-    sendTyping(conv, "start");
-    typingSentAt = Date.now();
-  }
-  clearTimeout(typingStopTimer);
-  typingStopTimer = setTimeout(() => stopTyping(conv), TYPING_IDLE_MS);
-}
-
-function stopTyping(conv = activeConv) {
-  clearTimeout(typingStopTimer);
-  if (typingSentAt && conv) sendTyping(conv, "stop");
-  typingSentAt = 0;
-}
-
-// chatd drops typing frames past 2 a second per connection (bursts of 4) without a word, so
-// the client keeps under that itself: frames wait for the budget, and only the latest state
-// per conversation is sent (a "start" then "stop" still waiting is just the "stop").
-const TYPING_RATE = 2; // frames per second
-const TYPING_BURST = 3; // one below the server's, to stay clear of its clock
-const typingBudget = { tokens: TYPING_BURST, at: Date.now() };
-const typingWaiting = new Map(); // conv -> "start" | "stop"
-let typingTimer = null;
-
-function sendTyping(conv, state) {
-  typingWaiting.delete(conv); // re-inserted last: conversations are served in order
-  typingWaiting.set(conv, state);
-  drainTyping();
-}
-
-function drainTyping() {
-  typingTimer = null;
-  while (typingWaiting.size && socket) {
-    const now = Date.now();
-    const refill = ((now - typingBudget.at) / 1000) * TYPING_RATE;
-    typingBudget.tokens = Math.min(TYPING_BURST, typingBudget.tokens + refill);
-    typingBudget.at = now;
-    if (typingBudget.tokens < 1) {
-      const wait = ((1 - typingBudget.tokens) / TYPING_RATE) * 1000 + 20;
-      clearTimeout(typingTimer);
-      typingTimer = setTimeout(drainTyping, wait);
-      return;
-    }
-    typingBudget.tokens -= 1;
-    const [conv, state] = typingWaiting.entries().next().value;
-    typingWaiting.delete(conv);
-    socket.notify("typing", { conv, state });
-  }
-}
-
 // ---- media ------------------------------------------------------------------------------
 
 async function uploadAndSend(files) {
@@ -500,7 +449,7 @@ function parseNames(text) {
 // ---- navigation -------------------------------------------------------------------------
 
 function openConversation(conv) {
-  stopTyping();
+  typing.stop();
   activeConv = conv;
   draftPeer = null;
   groupPanelOpen = false;
@@ -513,7 +462,7 @@ function openConversation(conv) {
 }
 
 function openDraft(user) {
-  stopTyping();
+  typing.stop();
   activeConv = null;
   draftPeer = user;
   groupPanelOpen = false;
@@ -523,7 +472,7 @@ function openDraft(user) {
 }
 
 function closeChat() {
-  stopTyping();
+  typing.stop();
   activeConv = null;
   draftPeer = null;
   groupPanelOpen = false;
@@ -699,13 +648,13 @@ function wireAppControls() {
   });
   $("logout-button").addEventListener("click", signOut);
 
-  wireInlineForm("new-chat-form", "new-chat-button", async (form) => {
+  inlineForm($("new-chat-form"), $("new-chat-button"), async () => {
     const problem = await startDirectChat($("new-chat-user").value);
     if (problem) return problem;
     $("new-chat-user").value = "";
     return null;
   });
-  wireInlineForm("new-group-form", "new-group-button", async () => {
+  inlineForm($("new-group-form"), $("new-group-button"), async () => {
     const title = $("new-group-title").value.trim();
     if (!title) return "Give the group a name.";
     try {
@@ -756,7 +705,7 @@ function wireAppControls() {
     if (!body.trim() || !store) return;
     input.value = "";
     fitComposer();
-    stopTyping();
+    typing.stop();
     queueMessage(body);
   });
   input.addEventListener("keydown", (event) => {
@@ -767,8 +716,8 @@ function wireAppControls() {
   });
   input.addEventListener("input", () => {
     fitComposer();
-    if (input.value) noteTyping();
-    else stopTyping();
+    if (input.value && activeConv) typing.keystroke(activeConv);
+    else typing.stop();
   });
 
   $("attach-button").addEventListener("click", () => $("file-input").click());
@@ -777,7 +726,7 @@ function wireAppControls() {
     $("file-input").value = "";
     if (files.length) uploadAndSend(files);
   });
-  wireDragAndDrop();
+  fileDropTarget($("chat"), $("drop-hint"), uploadAndSend);
 
   $("messages").addEventListener("scroll", () => {
     const c = activeConv && store && store.conversations.get(activeConv);
@@ -794,55 +743,6 @@ function fitComposer() {
   const input = $("composer-input");
   input.style.height = "auto";
   input.style.height = `${input.scrollHeight + 2}px`;
-}
-
-// A small form under a button: the button shows it, Cancel hides it, the handler answers
-// null when done or a message to show.
-function wireInlineForm(formId, buttonId, handler) {
-  const form = $(formId);
-  const error = form.querySelector(".error");
-  $(buttonId).addEventListener("click", () => {
-    form.hidden = !form.hidden;
-    error.textContent = "";
-    if (!form.hidden) form.querySelector("input").focus();
-  });
-  form.querySelector(".cancel").addEventListener("click", () => {
-    form.hidden = true;
-  });
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    const problem = await handler(form);
-    if (problem) error.textContent = problem;
-    else form.hidden = true;
-  });
-}
-
-function wireDragAndDrop() {
-  const pane = $("chat");
-  const hint = $("drop-hint");
-  let depth = 0;
-  const carriesFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
-  pane.addEventListener("dragenter", (event) => {
-    if (!carriesFiles(event)) return;
-    event.preventDefault();
-    depth += 1;
-    hint.hidden = false;
-  });
-  pane.addEventListener("dragover", (event) => {
-    if (carriesFiles(event)) event.preventDefault();
-  });
-  pane.addEventListener("dragleave", () => {
-    depth = Math.max(0, depth - 1);
-    if (depth === 0) hint.hidden = true;
-  });
-  pane.addEventListener("drop", (event) => {
-    event.preventDefault();
-    depth = 0;
-    hint.hidden = true;
-    const files = [...(event.dataTransfer?.files || [])];
-    if (files.length) uploadAndSend(files);
-  });
 }
 
 boot();
