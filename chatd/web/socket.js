@@ -3,6 +3,10 @@
 //
 // Reconnecting waits 0.5 s, 1 s, 2 s, ... up to 15 s (with jitter, so a restarted server is
 // not hit by every browser in the same millisecond); a successful hello resets the delay.
+//
+// A connection can also die without a close (a laptop waking up, a new Wi-Fi network): after
+// `heartbeat` seconds (from the hello reply) of silence the client sends a `ping`, and a ping
+// unanswered within half that (at least 3 s) counts as a drop.
 
 const FIRST_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
@@ -29,6 +33,8 @@ export class ChatSocket {
     this.retryTimer = null;
     this.closed = false;
     this.helloFailedFor = null;
+    this.lastHeard = 0;
+    this.livenessTimer = null;
   }
 
   connect() {
@@ -50,6 +56,7 @@ export class ChatSocket {
       if (ws !== this.ws) return;
       this.ready = true;
       this.delay = FIRST_DELAY_MS;
+      this.watchLiveness(ws, reply.heartbeat || 25);
       this.handlers.onState("online");
       this.handlers.onReady(reply);
     } catch (error) {
@@ -66,7 +73,25 @@ export class ChatSocket {
     }
   }
 
+  watchLiveness(ws, heartbeat) {
+    clearInterval(this.livenessTimer);
+    const quietMs = heartbeat * 1000;
+    const answerMs = Math.max(3000, quietMs / 2);
+    this.livenessTimer = setInterval(async () => {
+      if (ws !== this.ws || Date.now() - this.lastHeard < quietMs) return;
+      try {
+        await this.request("ping", {}, false, answerMs);
+      } catch (error) {
+        if (ws === this.ws && error.code === "timeout") {
+          this.dropped(ws, 1006);
+          ws.close();
+        }
+      }
+    }, Math.min(quietMs, 5000));
+  }
+
   receive(text) {
+    this.lastHeard = Date.now();
     let frame;
     try {
       frame = JSON.parse(text);
@@ -86,6 +111,7 @@ export class ChatSocket {
 
   dropped(ws, code) {
     if (ws !== this.ws) return;
+    clearInterval(this.livenessTimer);
     this.ws = null;
     this.ready = false;
     this.failPending();
@@ -117,7 +143,7 @@ export class ChatSocket {
     if (!this.ws && !this.closed) this.connect();
   }
 
-  request(type, fields = {}, beforeHello = false) {
+  request(type, fields = {}, beforeHello = false, timeoutMs = REQUEST_TIMEOUT_MS) {
     return new Promise((resolve, reject) => {
       if (!this.ws || this.ws.readyState !== WebSocket.OPEN || (!this.ready && !beforeHello)) {
         reject(new RequestError("disconnected", "not connected"));
@@ -127,7 +153,7 @@ export class ChatSocket {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new RequestError("timeout", "the server did not answer"));
-      }, REQUEST_TIMEOUT_MS);
+      }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       this.ws.send(JSON.stringify({ type, id, ...fields }));
     });
@@ -143,6 +169,7 @@ export class ChatSocket {
   close() {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.livenessTimer);
     if (this.ws) {
       const ws = this.ws;
       this.ws = null;

@@ -17,6 +17,8 @@ from tests.e2e.server import ChatdServer
 from .client import WAIT_MS, WebUser
 
 OWN_SERVER = True
+# Pings after 1 s of silence, so that a silently dead connection is noticed within seconds.
+SERVER_FLAGS = {"heartbeat": 1}
 
 # Reconnecting backs off 0.5, 1, 2, 4 ... s; the restart itself takes a second or two.
 RECOVER_MS = 30_000
@@ -81,3 +83,36 @@ def test_restart_mid_conversation(web_user: Callable[..., WebUser], server: Chat
     bob.open_conversation(alice.name)
     bob.expect_bodies(final)
     assert alice.page_errors == [] and bob.page_errors == []
+
+
+def test_a_silently_dead_connection_is_noticed_and_replaced(
+    web_user: Callable[..., WebUser],
+) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob", register=False)
+
+    # bob's connection goes quiet without closing (a laptop waking up on another network):
+    # while `silent`, nothing the server sends reaches his page.
+    silent = False
+
+    def bob_socket(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+        upstream.on_message(lambda message: None if silent else ws.send(message))
+
+    bob.context.route_web_socket("**/ws", bob_socket)
+    bob.register()
+    alice.start_chat(bob.name)
+    alice.send("before")
+    bob.open_conversation(alice.name)
+    bob.expect_message("before")
+
+    silent = True
+    alice.send("while bob's line was dead")
+    # The client pings after `heartbeat` seconds of silence and gives up on an unanswered ping.
+    expect(bob.page.locator("#connection-state")).to_have_attribute(
+        "data-state", "offline", timeout=WAIT_MS
+    )
+    silent = False
+    bob.expect_online(timeout=RECOVER_MS)
+    bob.expect_bodies(["before", "while bob's line was dead"])
+    alice.expect_tick("while bob's line was dead", "read")
