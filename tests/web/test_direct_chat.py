@@ -113,3 +113,18 @@ def test_a_refused_message_says_why_and_can_be_removed(web_user: Callable[..., W
     failed.locator("button.discard").click()
     expect(failed).to_have_count(0, timeout=WAIT_MS)
     alice.expect_bodies(["fine", "after the long one"])
+
+
+def test_the_list_puts_the_latest_activity_first(web_user: Callable[..., WebUser]) -> None:
+    alice = web_user("alice")
+    bob = web_user("bob")
+    carol = web_user("carol")
+    bob.start_chat(alice.name)
+    bob.send("from bob")
+    carol.start_chat(alice.name)
+    carol.send("from carol")
+    names = alice.page.locator("#conversation-list .conversation-name")
+    expect(names).to_have_text([carol.name, bob.name], timeout=WAIT_MS)
+    bob.send("bob again")
+    expect(names).to_have_text([bob.name, carol.name], timeout=WAIT_MS)
+    expect(alice.conversation(bob.name).locator(".unread-badge")).to_have_text("2", timeout=WAIT_MS)
