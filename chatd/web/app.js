@@ -291,13 +291,13 @@ function acknowledge(c) {
   const mine = store.myMarkers(c);
   const kind = isSeen(c) ? "read" : "delivered";
   const marker = kind === "read" ? mine.read : mine.delivered;
-  const asked = kind === "read" ? c.askedRead || 0 : c.askedDelivered || 0;
+  const asked = kind === "read" ? c.askedRead : c.askedDelivered;
   if (top <= marker || top <= asked) return;
   if (kind === "read") {
     c.askedRead = top;
     c.unread = 0;
   }
-  c.askedDelivered = Math.max(c.askedDelivered || 0, top);
+  c.askedDelivered = Math.max(c.askedDelivered, top);
   socket.request("receipt", { conv: c.conv, kind, seq: top }).then(
     (reply) => {
       mine.delivered = Math.max(mine.delivered, reply.delivered);

@@ -31,6 +31,9 @@ export class Store {
         loadedFrom: null,
         moreBefore: true,
         loading: false, // a page of older history is on its way
+        // The markers this device has asked the server to move to (replies may be pending).
+        askedRead: 0,
+        askedDelivered: 0,
         typing: new Map(), // username -> expiry time
         // The seq the member list and title are current as of: system messages at or
         // below it (old history) are already reflected and must not be applied again.
@@ -41,16 +44,35 @@ export class Store {
     return c;
   }
 
-  // A `conversations` reply entry: the server's view replaces the summary fields.
+  // A `conversations` reply entry. Live events can overtake it (the server computed it before
+  // a message or receipt it has since sent), so nothing it says may move the client back:
+  // markers only rise, membership and title are taken only if no newer system message was
+  // seen, and messages newer than it still count as unread.
   applySummary(summary) {
     const c = this.conversation(summary.conv);
     c.kind = summary.kind;
-    c.title = summary.title;
-    c.members = summary.members;
-    c.stateSeq = Math.max(c.stateSeq, summary.last_seq);
-    c.lastSeq = Math.max(c.lastSeq, summary.last_seq);
-    c.unread = summary.unread;
     c.muted = summary.muted;
+    if (summary.last_seq >= c.stateSeq || c.members.length === 0) {
+      const before = new Map(c.members.map((m) => [m.user, m]));
+      c.members = summary.members.map((m) => {
+        const old = before.get(m.user);
+        if (!old) return m;
+        return {
+          ...m,
+          delivered: Math.max(m.delivered, old.delivered),
+          read: Math.max(m.read, old.read),
+        };
+      });
+      c.title = summary.title;
+      c.stateSeq = summary.last_seq;
+    }
+    c.lastSeq = Math.max(c.lastSeq, summary.last_seq);
+    const readUpTo = Math.max(this.myMarkers(c).read, c.askedRead);
+    let newer = 0;
+    for (const m of c.messages.values()) {
+      if (m.seq > summary.last_seq && m.seq > readUpTo && m.from !== this.me) newer += 1;
+    }
+    c.unread = (readUpTo >= summary.last_seq ? 0 : summary.unread) + newer;
     if (summary.last_message) this.noteLast(c, summary.last_message);
     return c;
   }

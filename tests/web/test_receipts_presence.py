@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
-from playwright.sync_api import expect
+from playwright.sync_api import WebSocketRoute, expect
 
 from .client import WAIT_MS, WebUser
 
@@ -100,3 +101,50 @@ def test_a_second_device_of_the_same_user_stays_in_step(web_user: Callable[..., 
     laptop.expect_bodies(["hi alice", "hi bob"])
     expect(laptop.message("hi bob")).to_have_class("message own", timeout=WAIT_MS)
     bob.expect_bodies(["hi alice", "hi bob"])
+
+
+def test_a_list_reply_overtaken_by_a_live_message_does_not_hide_it(
+    web_user: Callable[..., WebUser],
+) -> None:
+    """The `conversation` event makes the page ask for the list; the server may compute that
+    reply before the first message is stored and send it after the message event. The proxy
+    below makes that certain: the list reply shows the conversation as it was before its
+    first message, and reaches the page only after the message event."""
+    alice = web_user("alice")
+    bob = web_user("bob", register=False)
+    stale: list[str] = []  # the rewritten list reply, once sent
+    waiting: list[str] = []  # ... or while it waits for the message to pass
+    message_passed = False
+
+    def bob_socket(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+
+        def from_server(raw: str | bytes) -> None:
+            nonlocal message_passed
+            frame = json.loads(raw)
+            entries = frame.get("conversations") if frame.get("type") == "ok" else None
+            if entries and not stale and not waiting:
+                for entry in entries:
+                    entry.update(last_seq=0, unread=0, last_message=None)
+                    for member in entry["members"]:
+                        member.update(delivered=0, read=0)
+                waiting.append(json.dumps(frame))
+            else:
+                ws.send(raw)
+            if frame.get("type") == "message":
+                message_passed = True
+            if waiting and message_passed:
+                stale.append(waiting.pop())
+                ws.send(stale[-1])
+
+        upstream.on_message(from_server)
+
+    bob.context.route_web_socket("**/ws", bob_socket)
+    bob.register()
+    alice.start_chat(bob.name)
+    alice.send("first words")
+    entry = bob.conversation(alice.name)
+    expect(entry.locator(".unread-badge")).to_have_text("1", timeout=WAIT_MS)
+    expect(entry.locator(".conversation-preview")).to_have_text("first words", timeout=WAIT_MS)
+    assert stale, "the proxy never saw the list reply it was meant to make stale"
+    alice.expect_tick("first words", "delivered")
