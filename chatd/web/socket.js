@@ -66,9 +66,9 @@ export class ChatSocket {
         this.handlers.onUnauthorized();
         return;
       }
-      // Anything else (unavailable, rate_limited): the server closes the socket and the
-      // close handler schedules the retry. chatd closes an `unavailable` hello with 4401 too
-      // (docs/protocol.md, known differences): remember that the token was not the problem.
+      // Anything else (unavailable, rate_limited): the server closes the socket (1013, 4429)
+      // and the close handler schedules the retry. Older chatd closed an `unavailable` hello
+      // with 4401, the code of a bad token: remember that the token was not the problem.
       this.helloFailedFor = error.code;
     }
   }
