@@ -70,6 +70,11 @@ export class ChatSocket {
       // and the close handler schedules the retry. Older chatd closed an `unavailable` hello
       // with 4401, the code of a bad token: remember that the token was not the problem.
       this.helloFailedFor = error.code;
+      if (error.code === "timeout") {
+        // No answer at all (a server stuck mid-restart): give up on this socket ourselves.
+        this.dropped(ws, 1006);
+        ws.close();
+      }
     }
   }
 
