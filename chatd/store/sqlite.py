@@ -26,7 +26,6 @@ import functools
 import logging
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -70,11 +69,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 512
-# The writer thread gives the GIL up in every sqlite3 call (and for the fsync of each COMMIT)
-# and must win it back from a busy event loop, which lets go only every switch interval:
-# at Python's default of 5 ms a batch of a dozen statements took 8 ms (p50) instead of 1.7 ms
-# while the loop was busy. 1 ms bounds that wait at little cost to the loop.
-SWITCH_INTERVAL = 0.001
 READERS = 4
 BUSY_TIMEOUT_MS = 5000
 BEGIN_POLL = (0.0001, 0.001)  # first and longest pause while another process holds the lock
@@ -467,8 +461,6 @@ class SQLiteStore(Store):
     async def start(self) -> None:
         """Open the file, migrate, start the writer thread and the reader pool."""
         self._loop = asyncio.get_running_loop()
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._writer = threading.Thread(
             target=self._writer_main, args=(ready,), name=f"chatd-sqlite-writer:{self.path}"
