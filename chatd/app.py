@@ -9,6 +9,7 @@ in-flight writes and returns.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -63,6 +64,8 @@ from chatd.transport.ws import (
 
 log = logging.getLogger("chatd")
 SLOW_CLIENT_TIMEOUT = 30.0
+# gen0, gen1, gen2: see _tune_gc (the defaults are 700, 10, 10).
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def now_ms() -> int:
@@ -222,6 +225,21 @@ def _safe_url(url: str) -> str:
     return url
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector's pauses off the message path.
+
+    Every message allocates a few short-lived containers that live until their commit; with
+    the default thresholds they are promoted and trigger full collections several times a
+    second, each a 40-60 ms pause of the whole process (measured with gc.callbacks under the
+    1:1 benchmark). What exists once the server is up lives as long as the process, so it is
+    frozen out of every later collection, and the young generation is collected less often.
+    Reference counting still frees everything that is not in a cycle at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT. ``ConfigError`` (an unreachable backend, a taken port)
     propagates before anything listens."""
@@ -249,6 +267,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        _tune_gc()
         if ready is not None:
             ready.set()
         await stop.wait()

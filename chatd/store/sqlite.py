@@ -287,6 +287,26 @@ def _rows(count: int, width: int) -> str:
     return ",".join([row] * count)
 
 
+@functools.lru_cache(maxsize=64)
+def _state_query(convs: int, keys: int) -> str:
+    """One query answering, as two JSON arrays, the state of ``convs`` conversations and
+    which of ``keys`` (sender, client_id) pairs are already taken."""
+    states = (
+        "(SELECT json_group_array(json_array(conv, last_seq, last_ts, version))"
+        f" FROM conversations WHERE conv IN ({_marks(convs)}))"
+        if convs
+        else "'[]'"
+    )
+    taken = (
+        "(SELECT json_group_array(json_array(m.sender, m.client_id))"
+        f" FROM (VALUES {_rows(keys, 2)}) AS v"
+        " JOIN messages m ON m.sender = v.column1 AND m.client_id = v.column2)"
+        if keys
+        else "'[]'"
+    )
+    return f"SELECT {states}, {taken}"
+
+
 def _marks(count: int) -> str:
     return _rows(1, count)[1:-1]
 
@@ -407,25 +427,23 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so a writer
     that finds the lock held for the ~1 ms of the other process's commit often sleeps far
     longer than the lock is held. Here the wait is polled every 0.1-1 ms, within the same
-    overall bound; every other statement keeps the connection's busy timeout.
+    overall bound. The writer's connection has no busy timeout of its own (see
+    ``SQLiteStore._open_writer``): once it holds the write lock, in WAL mode, nothing else it
+    does waits for a lock.
     """
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        delay = BEGIN_POLL[0]
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-                if time.monotonic() >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, BEGIN_POLL[1])
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    delay = BEGIN_POLL[0]
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, BEGIN_POLL[1])
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any, bool]]) -> None:
@@ -523,6 +541,10 @@ class SQLiteStore(Store):
             if mode != "wal":
                 raise ConfigError(f"the sqlite database {self.path} cannot use WAL mode")
             self._migrate(conn)
+            # Every sqlite3 call gives up the GIL and must win it back from a busy event
+            # loop (up to a 5 ms switch interval each), so the writer makes as few as it
+            # can: no busy-timeout switching around each BEGIN (see _begin_immediate).
+            conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
             conn.close()
             raise ConfigError(f"cannot open the sqlite database {self.path}: {exc}")
@@ -1147,24 +1169,22 @@ class SQLiteStore(Store):
         """
         appends = [cast(_Append, r.append) for r in requests]
         missing = list({a.new.conv for a in appends if a.new.conv not in batch.convs})
-        for chunk in _chunks(missing, 256):
-            found = conn.execute(
-                "SELECT json_group_array(json_array(conv, last_seq, last_ts, version))"
-                f" FROM conversations WHERE conv IN ({_marks(len(chunk))})",
-                chunk,
-            ).fetchone()[0]
-            for conv, last_seq, last_ts, version in orjson.loads(found):
-                batch.convs[conv] = [last_seq, last_ts, version]
         keys = list({(a.new.sender, a.new.client_id) for a in appends if a.new.client_id})
         taken: set[tuple[str, str]] = set()
-        for pairs in _chunks(keys, 256):
-            found = conn.execute(
-                "SELECT json_group_array(json_array(m.sender, m.client_id))"
-                f" FROM (VALUES {_rows(len(pairs), 2)}) AS v"
-                " JOIN messages m ON m.sender = v.column1 AND m.client_id = v.column2",
-                [x for key in pairs for x in key],
-            ).fetchone()[0]
-            taken.update((sender, client_id) for sender, client_id in orjson.loads(found))
+        # The conversations' state and the client_ids already taken, in one query (one
+        # sqlite3 call of two steps) per chunk of each.
+        conv_chunks = list(_chunks(missing, 256))
+        key_chunks = list(_chunks(keys, 256))
+        for index in range(max(len(conv_chunks), len(key_chunks))):
+            convs = conv_chunks[index] if index < len(conv_chunks) else []
+            pairs = key_chunks[index] if index < len(key_chunks) else []
+            found_convs, found_keys = conn.execute(
+                _state_query(len(convs), len(pairs)),
+                [*convs, *(x for key in pairs for x in key)],
+            ).fetchone()
+            for conv, last_seq, last_ts, version in orjson.loads(found_convs):
+                batch.convs[conv] = [last_seq, last_ts, version]
+            taken.update((sender, client_id) for sender, client_id in orjson.loads(found_keys))
 
         # Undo information, should the INSERTs fail after all.
         saved = {conv: list(state) for conv, state in batch.convs.items()}
@@ -1219,7 +1239,10 @@ class SQLiteStore(Store):
 
         if not rows:
             return outcomes
-        conn.execute("SAVEPOINT segment")
+        # One INSERT statement is atomic by itself; more need a savepoint to undo them all.
+        guarded = len(rows) > 11 * 128 or bool(links)
+        if guarded:
+            conn.execute("SAVEPOINT segment")
         try:
             for chunk in _chunks(rows, 11 * 128, 11):
                 conn.execute(
@@ -1234,13 +1257,15 @@ class SQLiteStore(Store):
                     chunk,
                 )
         except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK TO segment")
-            conn.execute("RELEASE segment")
+            if guarded:
+                conn.execute("ROLLBACK TO segment")
+                conn.execute("RELEASE segment")
             batch.convs.clear()
             batch.convs.update(saved)
             batch.dirty, batch.markers = saved_dirty, saved_markers
             return [self._run_plain(conn, batch, r) for r in requests]
-        conn.execute("RELEASE segment")
+        if guarded:
+            conn.execute("RELEASE segment")
         return outcomes
 
     def _run_plain(
