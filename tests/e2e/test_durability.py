@@ -7,15 +7,18 @@ exactly once, with gapless seqs; this is checked by :mod:`e2e.lossck`.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pytest
 
-from .client import Closed, Frame, Harness, User, Ws, history_all, http_history_all
+from .client import Closed, Frame, Harness, RawWs, User, Ws, history_all, http_history_all
 from .lossck import Sent, check
 from .server import ChatdServer, ServerFactory
 
@@ -210,6 +213,28 @@ async def test_graceful_restart_closes_with_1001_and_keeps_history(
     a = await h.connect(alice, "again")
     nxt = await a.send("after restart", conv=conv)
     assert nxt["seq"] == before[conv]["messages"][-1]["seq"] + 1
+
+
+async def test_sigterm_stops_accepting_before_it_closes_the_sockets(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    """A client that never answers the close handshake keeps the server in its shutdown for a
+    while: meanwhile the port refuses new connections, and the server still exits 0."""
+    server = server_factory()
+    h = harness(server)
+    user = await h.user("lingerer")
+    lingering = await RawWs.connect(server)
+    await lingering.send_text(json.dumps({"type": "hello", "id": "h", "token": user.token}))
+    assert (await lingering.read_json())["type"] == "ok"
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    code, _texts = await lingering.drain_until_closed(timeout=10)
+    assert code == 1001
+    assert server.proc.poll() is None, "the server should still wait for the close handshake"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((server.host, server.port), timeout=2).close()
+    lingering.close()
+    assert await asyncio.to_thread(server.proc.wait, 15) == 0
 
 
 async def test_sigint_is_a_graceful_stop_too(
