@@ -118,6 +118,7 @@ def build_app(settings: Settings) -> web.Application:
         registration_open=settings.registration == "open",
         session_ttl_days=settings.session_ttl_days,
         login_attempts_per_minute=settings.login_attempts_per_minute,
+        login_slowdown_seconds=settings.login_slowdown_seconds,
         events=events,
     )
     media = MediaService(

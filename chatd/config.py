@@ -52,6 +52,7 @@ class Settings:
     session_recheck_seconds: float = 1800.0
     revocation_poll_seconds: float = 2.0
     login_attempts_per_minute: int = 10
+    login_slowdown_seconds: float = 1.0
     # Push
     push_previews: bool = True
     push_coalesce_seconds: float = 10.0
@@ -103,6 +104,7 @@ SECURITY_SETTINGS: tuple[str, ...] = (
     "session_recheck_seconds",
     "revocation_poll_seconds",
     "login_attempts_per_minute",
+    "login_slowdown_seconds",
     "max_upload_bytes",
     "uploads_per_hour",
     "push_allow_private_hosts",
@@ -194,6 +196,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("heartbeat and hello_timeout must be positive")
     if settings.revocation_poll_seconds <= 0:
         raise ConfigError("revocation_poll_seconds must be positive")
+    if not 0 <= settings.login_slowdown_seconds <= 30:
+        raise ConfigError("login_slowdown_seconds must be between 0 and 30")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be one of debug, info, warning, error")
     if settings.log_format not in ("text", "json"):
@@ -236,6 +240,8 @@ _HELP: dict[str, str] = {
     "revocation_poll_seconds": "how often to look for disabled users and changed passwords and "
     "close their sockets (4401)",
     "login_attempts_per_minute": "failed logins per username and per address per minute",
+    "login_slowdown_seconds": "once a username has spent half of its failed-login allowance, "
+    "each further failure for it is answered this much later (0: never)",
     "push_previews": "include a message preview in push notifications",
     "push_coalesce_seconds": "fold a user's pushes for one conversation within this window",
     "push_allow_private_hosts": "allow push endpoints on private or loopback addresses",

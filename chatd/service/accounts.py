@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -56,7 +57,9 @@ class AccountService:
         registration_open: bool = True,
         session_ttl_days: float = 30.0,
         login_attempts_per_minute: int = 10,
+        login_slowdown_seconds: float = 1.0,
         events: EventSink | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -69,6 +72,8 @@ class AccountService:
         rate = login_attempts_per_minute / 60.0
         self._login_by_name = KeyedLimiter(rate, login_attempts_per_minute)
         self._login_by_addr = KeyedLimiter(rate * 5, login_attempts_per_minute * 5)
+        self.login_slowdown_seconds = login_slowdown_seconds
+        self._sleep = sleep
 
     async def _hash(self, password: str) -> str:
         return await asyncio.to_thread(self.hasher.hash, password)
@@ -114,6 +119,10 @@ class AccountService:
             wait = max(self._login_by_name.take(name, now), self._login_by_addr.take(address, now))
             if wait > 0:
                 raise RateLimited("too many login attempts; try again later", retry_after=wait)
+            # Slow down, then 429: past half of a username's allowance each failure for it
+            # costs the guesser a wait, while its owner, who rarely fails twice, never does.
+            if self.login_slowdown_seconds and self._login_by_name.spent(name) > 0.5:
+                await self._sleep(self.login_slowdown_seconds)
             raise Unauthorized("wrong username or password")
         token = ids.new_token()
         session = Session(

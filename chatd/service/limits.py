@@ -45,6 +45,11 @@ class KeyedLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / bucket.rate if bucket.rate > 0 else float("inf")
 
+    def spent(self, key: str) -> float:
+        """The share of ``key``'s burst in use as of its last take (0.0 for an unknown key)."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else 1.0 - bucket.tokens / self.burst
+
     def take(self, key: str, now_ms: int, cost: float = 1.0) -> float:
         bucket = self._buckets.get(key)
         if bucket is None:

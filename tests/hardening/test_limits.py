@@ -229,26 +229,47 @@ def assert_throttled(answer: tuple[int, dict[str, Any], str | None], what: str) 
     assert retry_after is not None and int(retry_after) >= 1, retry_after
 
 
-async def test_failed_logins_are_limited_per_username_and_per_address(
+async def timed_login(h: Harness, name: str, password: str) -> tuple[int, float]:
+    began = time.monotonic()
+    status, _body, _ = await login(h, name, password)
+    return status, time.monotonic() - began
+
+
+async def test_failed_logins_slow_down_then_are_limited_per_username_and_per_address(
     server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
 ) -> None:
     """``--login-attempts-per-minute 5``: five failures per username, 25 per address; then 429
-    with ``Retry-After`` for every attempt, right or wrong, until the bucket refills."""
-    h = harness(server_factory(login_attempts_per_minute=5))
+    with ``Retry-After`` for every attempt, right or wrong, until the bucket refills. Before
+    the 429, once a username has spent half of its allowance, each failure for it is answered
+    ``login_slowdown_seconds`` (here 0.5 s) late."""
+    h = harness(server_factory(login_attempts_per_minute=5, login_slowdown_seconds=0.5))
     target, bystander = await h.users("target", "bystander")
-    for attempt in range(5):
-        status, body, _ = await login(h, target.name, f"wrong password {attempt}")
-        assert status == 401, (attempt, status, body)
+    # 5 tokens: failures 1-2 leave 3 and 4 spent of 5 is under half; from the 3rd on, slowed.
+    answers = [await timed_login(h, target.name, f"wrong password {i}") for i in range(5)]
+    assert [status for status, _ in answers] == [401] * 5, answers
+    assert all(took < 0.45 for _, took in answers[:2]), answers
+    assert all(took >= 0.5 for _, took in answers[2:]), answers
     assert_throttled(await login(h, target.name, "wrong password again"), "6th failure")
     assert_throttled(await login(h, target.name, target.password), "right password after")
     assert_throttled(await login(h, target.name.upper(), "x" * 10), "the same name, folded")
-    status, body, _ = await login(h, bystander.name, bystander.password)
-    assert status == 201, f"another username from the same address is not limited yet: {body}"
+    status, took = await timed_login(h, bystander.name, bystander.password)
+    assert status == 201, "another username from the same address is not limited yet"
+    assert took < 0.45, "nor slowed down"
 
-    # The address: 25 failures in all (5 spent above), spread over names that never reach 5.
-    for i in range(20):
-        status, body, _ = await login(h, f"nobody_{i // 4}", f"guess {i}")
-        assert status == 401, (i, status, body)
+    # The address: 25 failures in all (5 spent above), spread over names that each stay under
+    # half of their own allowance. Its bucket refills at 25 a minute meanwhile (each login is
+    # an argon2id verification), so a refilled token or two may let an attempt more through.
+    began = time.monotonic()
+    failures = 0
+    while True:
+        status, body, _ = await login(h, f"nobody_{failures // 2}", f"guess {failures}")
+        if status == 429:
+            break
+        assert status == 401, (failures, status, body)
+        failures += 1
+        assert failures <= 40, "the address was never limited"
+    refilled = (time.monotonic() - began) * 25 / 60
+    assert 20 <= failures <= 20 + refilled + 1, (failures, refilled)
     assert_throttled(await login(h, "nobody_fresh", "guess"), "a fresh name, address spent")
     assert_throttled(await login(h, bystander.name, bystander.password), "right, address spent")
 

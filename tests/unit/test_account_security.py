@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chatd.errors import Unauthorized
+from chatd.errors import RateLimited, Unauthorized
 from chatd.service.accounts import DAY_MS, AccountService
 from chatd.store import Store, open_store
 
@@ -74,3 +74,43 @@ async def test_sessions_slide_when_used_in_the_second_half_of_their_life(store: 
     with pytest.raises(Unauthorized):
         await accounts.authenticate(issued.token)
     assert not await accounts.still_valid(issued.session.token_hash)
+
+
+async def test_failed_logins_slow_down_past_half_the_allowance_then_429(store: Store) -> None:
+    """10 a minute: failures 1-5 answered at once, 6-10 after the slow-down, the 11th is 429;
+    a wrong password for another name from elsewhere is not slowed."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    accounts = AccountService(
+        store, Clock(), login_attempts_per_minute=10, login_slowdown_seconds=1.5, sleep=sleep
+    )
+    await accounts.register("alice", "correct horse")
+    slowed = []
+    for attempt in range(10):
+        before = len(waits)
+        with pytest.raises(Unauthorized):
+            await accounts.login("alice", f"guess {attempt}", address=f"10.0.0.{attempt}")
+        slowed.append(len(waits) > before)
+    assert slowed == [False] * 5 + [True] * 5
+    assert waits == [1.5] * 5
+    with pytest.raises(RateLimited):
+        await accounts.login("alice", "guess 11", address="10.0.0.99")
+    with pytest.raises(Unauthorized):
+        await accounts.login("bob", "guess", address="10.0.0.100")
+    assert len(waits) == 5
+
+
+async def test_no_slow_down_when_it_is_set_to_zero(store: Store) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    accounts = AccountService(store, Clock(), login_slowdown_seconds=0, sleep=sleep)
+    for attempt in range(10):
+        with pytest.raises(Unauthorized):
+            await accounts.login("alice", f"guess {attempt}")
+    assert waits == []
