@@ -64,6 +64,12 @@ def test_scrolling_up_loads_the_whole_history(
         expect(bodies).not_to_have_count(shown, timeout=WAIT_MS)
         shown = bodies.count()
     expect(state).to_have_text("This is the beginning of the conversation.", timeout=WAIT_MS)
+    # Every message was written today: one separator, "Today", above the first of them.
+    days = bob.page.locator("#message-list li.day")
+    expect(days).to_have_count(1, timeout=WAIT_MS)
+    expect(days).to_have_text("Today")
+    first_item = bob.page.locator("#message-list > li").first
+    expect(first_item).to_have_class("day")
     bob.expect_bodies([f"message {n}" for n in range(1, COUNT + 1)])
     expect(entry.locator(".unread-badge")).to_have_count(0, timeout=WAIT_MS)
 
