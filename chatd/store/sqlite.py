@@ -473,6 +473,9 @@ class SQLiteStore(Store):
         # conv -> (version, members in join order, as a set): valid while version matches.
         self._member_cache: dict[str, tuple[int, tuple[str, ...], frozenset[str]]] = {}
         self._closed = False
+        # Write transactions committed (the writer thread counts): appends per commit is the
+        # group commit at work.
+        self.commits = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -640,6 +643,7 @@ class SQLiteStore(Store):
                 outcomes.append((request.future, value, False))
             batch.flush(conn)
             conn.execute("COMMIT")
+            self.commits += 1
         except Exception as exc:
             # A disk error, a lock held past the busy timeout, or a bug: nothing of this
             # batch is written, and every caller hears so.

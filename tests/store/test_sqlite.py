@@ -173,3 +173,54 @@ async def test_close_finishes_queued_writes(tmp_path: Path) -> None:
     finally:
         await reopened.close()
     assert not [t for t in os.listdir(tmp_path) if t.endswith("-journal")]
+
+
+async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    """Group commit: 200 appends in flight at once are written in a handful of transactions
+    (one fsync each), not 200."""
+    store = SQLiteStore(f"sqlite:///{tmp_path}/chatd.db")
+    await store.start()
+    try:
+        await store.create_user("alice", "h", T0)
+        await store.create_user("bob", "h", T0)
+        await store.get_or_create_direct("alice", "bob", "d1", T0)
+        before = store.commits
+        results = await bounded(
+            asyncio.gather(*(store.append_message(msg("d1", "alice", f"m{i}")) for i in range(200)))
+        )
+        commits = store.commits - before
+    finally:
+        await store.close()
+    assert sorted(r.message.seq for r in results) == list(range(1, 201))
+    assert 1 <= commits <= 20, f"200 concurrent appends took {commits} commits"
+
+
+async def test_a_write_waiting_for_the_lock_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """All SQLite work is off the event loop's thread: while another process holds the write
+    lock, an append waits in the writer thread and the loop keeps running on time."""
+    path = tmp_path / "chatd.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.create_user("alice", "h", T0)
+        await store.create_user("bob", "h", T0)
+        await store.get_or_create_direct("alice", "bob", "d1", T0)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        append = asyncio.ensure_future(store.append_message(msg("d1", "alice", "waits")))
+        loop = asyncio.get_running_loop()
+        gaps = []
+        last = loop.time()
+        for _ in range(40):  # ~0.4 s of 10 ms ticks while the append waits
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+        assert not append.done(), "the append should still wait for the lock"
+        other.execute("COMMIT")
+        result = await bounded(append)
+    finally:
+        other.close()
+        await store.close()
+    assert result.message.seq == 1
+    assert max(gaps) < 0.2, f"the event loop stalled for {max(gaps):.3f} s"
