@@ -21,49 +21,9 @@ def listening(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize(
-    "flag, url",
-    [
-        ("--store", "bogus://x"),
-        ("--media", "bogus://x"),
-        ("--bus", "bogus://x"),
-        ("--store", "nonsense"),
-    ],
-)
-def test_unknown_backend_scheme_exits_2_with_one_line(tmp_path: Path, flag: str, url: str) -> None:
-    port = _free_port()
-    result = run_cli(
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path),
-        flag,
-        url,
-        timeout=30,
-    )
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    assert not listening(port)
-
-
-@pytest.mark.parametrize(
-    "flag, url",
-    [
-        # Port 1 on loopback: nothing listens there, so each connection is refused at once.
-        ("--store", "postgresql://postgres@127.0.0.1:1/test"),
-        ("--bus", "redis://127.0.0.1:1/0"),
-        ("--media", "s3://bucket?endpoint_url=http://127.0.0.1:1&region=us-east-1"),
-        ("--store", "sqlite:////proc/no-such-dir/chatd.db"),
-    ],
-)
-def test_unreachable_backend_exits_2_with_one_line_before_listening(
-    tmp_path: Path, flag: str, url: str
-) -> None:
+def serve_expecting_one_line_and_exit_2(tmp_path: Path, flag: str, url: str) -> str:
+    """Run ``chatd serve`` with one backend flag; check exit 2, one line on stderr and no
+    listening port; return that line."""
     port = _free_port()
     result = run_cli(
         "serve",
@@ -81,8 +41,38 @@ def test_unreachable_backend_exits_2_with_one_line_before_listening(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
     assert "Traceback" not in result.stderr
-    assert "127.0.0.1:1" in lines[0] or "/proc/no-such-dir" in lines[0], lines[0]
     assert not listening(port)
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flag, url",
+    [
+        ("--store", "bogus://x"),
+        ("--media", "bogus://x"),
+        ("--bus", "bogus://x"),
+        ("--store", "nonsense"),
+    ],
+)
+def test_unknown_backend_scheme_exits_2_with_one_line(tmp_path: Path, flag: str, url: str) -> None:
+    serve_expecting_one_line_and_exit_2(tmp_path, flag, url)
+
+
+@pytest.mark.parametrize(
+    "flag, url",
+    [
+        # Port 1 on loopback: nothing listens there, so each connection is refused at once.
+        ("--store", "postgresql://postgres@127.0.0.1:1/test"),
+        ("--bus", "redis://127.0.0.1:1/0"),
+        ("--media", "s3://bucket?endpoint_url=http://127.0.0.1:1&region=us-east-1"),
+        ("--store", "sqlite:////proc/no-such-dir/chatd.db"),
+    ],
+)
+def test_unreachable_backend_exits_2_with_one_line_before_listening(
+    tmp_path: Path, flag: str, url: str
+) -> None:
+    line = serve_expecting_one_line_and_exit_2(tmp_path, flag, url)
+    assert "127.0.0.1:1" in line or "/proc/no-such-dir" in line, line
 
 
 def test_unknown_scheme_from_environment_exits_2(tmp_path: Path) -> None:
