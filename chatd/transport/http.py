@@ -73,9 +73,16 @@ async def error_middleware(
 async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise TooLarge("request body too large")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise TooLarge("request body too large")
+    # read(n) gives what has arrived, up to n: a body in several TCP segments (or chunks)
+    # takes several reads.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_JSON_BODY + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            raise TooLarge("request body too large")
+    raw = b"".join(chunks)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

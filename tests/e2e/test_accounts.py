@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -156,3 +158,49 @@ async def test_registration_closed(
     h = harness(server_factory(registration="closed"))
     status, body = await h.register(unique_name("closed"))
     assert_http_error(status, body, 403, "forbidden")
+
+
+async def raw_post(h: Harness, path: str, head: bytes, parts: list[bytes]) -> tuple[int, Any]:
+    """POST over a plain socket, the body written in ``parts`` 0.2 s apart (each its own TCP
+    segment); the status and the JSON body of the answer."""
+    host, port = h.server.host, h.server.port
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n".encode() + head)
+        for part in parts:
+            await asyncio.sleep(0.2)
+            writer.write(part)
+            await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(
+            next(
+                v
+                for k, _, v in (h.partition(b":") for h in headers.split(b"\r\n"))
+                if k.lower() == b"content-length"
+            )
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        writer.close()
+    return int(status_line.split()[1]), json.loads(body)
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(h: Harness) -> None:
+    user = await h.user(unique_name("Split"))
+    body = json.dumps({"username": user.name, "password": user.password}).encode()
+    head = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    status, answer = await raw_post(h, "/api/v1/sessions", head, [body[:10], body[10:]])
+    assert status == 201, answer
+    chunked = b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pieces = [b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:7], body[7:20], body[20:])]
+    status, answer = await raw_post(h, "/api/v1/sessions", chunked, [*pieces, b"0\r\n\r\n"])
+    assert status == 201, answer
+
+
+async def test_a_chunked_body_over_64_kib_is_413(h: Harness) -> None:
+    chunked = b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b'{"username": "' + b"a" * 40_000
+    parts = [b"%x\r\n%s\r\n" % (len(p), p) for p in (piece, b"b" * 40_000)] + [b"0\r\n\r\n"]
+    status, answer = await raw_post(h, "/api/v1/sessions", chunked, parts)
+    assert_http_error(status, answer, 413, "too_large")
