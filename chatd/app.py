@@ -32,6 +32,7 @@ from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
 from chatd.store import open_store
+from chatd.store.timed import TimedStore
 from chatd.transport import http, media_http, push_http, revocations, static
 from chatd.transport.events import FrameEvents
 from chatd.transport.heartbeat import HEARTBEAT, Heartbeat, run_heartbeat
@@ -80,7 +81,9 @@ def build_app(settings: Settings) -> web.Application:
         handler_args={"max_field_size": 16384},
     )
     server_id = settings.server_id or ids.new_server_id()
-    store = open_store(settings.store_url)
+    metrics = Metrics()
+    # Every backend is timed the same way, as its callers see it (chatd_store_seconds).
+    store = TimedStore(open_store(settings.store_url), metrics.store_seconds, metrics.store_errors)
     bus = open_bus(settings.bus, server_id)
     blobs = open_media(settings.media_url)
     providers = open_push(
@@ -89,7 +92,11 @@ def build_app(settings: Settings) -> web.Application:
         vapid_subject=settings.vapid_subject,
         allow_private_hosts=settings.push_allow_private_hosts,
     )
-    router = Router(bus)
+    router = Router(
+        bus,
+        publish_seconds=metrics.bus_publish_seconds,
+        locate_seconds=metrics.bus_locate_seconds,
+    )
     events = FrameEvents(router)
     push = PushDispatcher(
         store,
@@ -133,7 +140,6 @@ def build_app(settings: Settings) -> web.Application:
     router.on_servers_died = presence.servers_died
     if hasattr(bus, "on_online"):  # the Redis bus re-registers users after an outage
         bus.on_online = presence.registered_again
-    metrics = Metrics()
     metrics.gauges["chatd_connections"] = router.connection_count
     metrics.counters["chatd_messages_total"] = lambda: events.messages
     metrics.counters["chatd_deliveries_requested_total"] = lambda: events.deliveries_requested

@@ -1,7 +1,10 @@
 """Counters and histograms in Prometheus's text format, without a client library.
 
 Everything is a plain attribute bumped on the event loop thread; ``render`` reads the rest
-(connections, store and bus figures) from the app at scrape time.
+(connections, store and bus figures) from the app at scrape time. The histograms of store
+calls and bus round trips live here and are handed to what fills them:
+:class:`chatd.store.timed.TimedStore` and :class:`chatd.routing.router.Router`. Every metric
+is listed in ``docs/operations.md``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ class Metrics:
         self.requests: dict[str, Histogram] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
         self.counters: dict[str, Callable[[], float]] = {}
+        # by Store method; a method appears once it has been called
+        self.store_seconds: dict[str, Histogram] = {}
+        self.store_errors: Counter[tuple[str, str]] = Counter()  # (method, error code)
+        self.bus_publish_seconds = Histogram()
+        self.bus_locate_seconds = Histogram()
 
     def count_error(self, code: str) -> None:
         self.errors[code] += 1
@@ -70,6 +78,19 @@ class Metrics:
         out.append("# TYPE chatd_request_seconds histogram")
         for kind, histogram in sorted(self.requests.items()):
             out += histogram.lines("chatd_request_seconds", f'type="{kind}"')
+        out.append("# TYPE chatd_store_seconds histogram")
+        for op, histogram in sorted(self.store_seconds.items()):
+            if histogram.total:
+                out += histogram.lines("chatd_store_seconds", f'op="{op}"')
+        out.append("# TYPE chatd_store_errors_total counter")
+        out += [
+            f'chatd_store_errors_total{{op="{op}",code="{code}"}} {n}'
+            for (op, code), n in sorted(self.store_errors.items())
+        ]
+        out.append("# TYPE chatd_bus_publish_seconds histogram")
+        out += self.bus_publish_seconds.lines("chatd_bus_publish_seconds")
+        out.append("# TYPE chatd_bus_locate_seconds histogram")
+        out += self.bus_locate_seconds.lines("chatd_bus_locate_seconds")
         for name, read in sorted(self.gauges.items()):
             out += [f"# TYPE {name} gauge", f"{name} {read()}"]
         for name, read in sorted(self.counters.items()):

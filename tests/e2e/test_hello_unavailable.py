@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from .client import Harness
+from .prometheus import histogram, samples, scrape
 from .server import ChatdServer, ServerFactory
 
 
@@ -57,5 +58,17 @@ async def test_hello_while_the_store_is_down_closes_with_1013_and_the_token_stil
             assert await conn.wait_closed(timeout=10) == 1013
     finally:
         await locker.close()
+    # An operator sees the outage in /metrics: the failed lookup, by its code and its duration
+    # (about command_timeout, far past what a session lookup takes).
+    text = await scrape(h)
+    failed = [
+        value
+        for name, labels, value in samples(text)
+        if name == "chatd_store_errors_total"
+        and labels == {"op": "get_session", "code": "unavailable"}
+    ]
+    assert failed and failed[0] >= 1, failed
+    buckets, _, _ = histogram(text, "chatd_store_seconds", op="get_session")
+    assert buckets[-1][1] - dict(buckets)[0.5] >= 1, buckets  # at least one call took > 0.5 s
     again = await h.connect(user, "after")  # the client kept its token, and it is good
     assert again.hello is not None and again.hello["user"] == user.name

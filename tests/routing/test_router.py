@@ -83,3 +83,19 @@ async def test_one_event_is_one_publish_to_each_server_holding_a_recipient(
     await asyncio.sleep(0.2)
     assert a.publishes == 1
     assert len(sock.wires) == 1
+
+
+async def test_every_lookup_and_publish_is_timed(routers: tuple[Router, Router]) -> None:
+    a, b = routers
+    sock = Socket("u1")
+    b.add(sock)
+    await b.bus.attach("u1")
+    a.deliver(["u1"], b'{"n":1}')
+    await eventually(lambda: len(sock.wires) == 1, 10, "the event arrived")
+    await eventually(lambda: a.publish_seconds.total == 1, 10, "the publish was timed")
+    assert a.locate_seconds.total == 1
+    assert a.publish_seconds.sum > 0 and a.locate_seconds.sum > 0
+    # a batch for users no other server holds is looked up (and timed) but not published
+    a.deliver(["nobody"], b'{"n":2}')
+    await eventually(lambda: a.locate_seconds.total == 2, 10, "the lookup was timed")
+    assert a.publish_seconds.total == a.publishes == 1
