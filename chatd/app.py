@@ -33,7 +33,7 @@ from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
 from chatd.store import open_store
 from chatd.store.timed import TimedStore
-from chatd.transport import http, media_http, push_http, revocations, static
+from chatd.transport import http, media_http, push_http, request_id, revocations, static
 from chatd.transport.events import FrameEvents
 from chatd.transport.heartbeat import HEARTBEAT, Heartbeat, run_heartbeat
 from chatd.transport.keys import (
@@ -76,7 +76,12 @@ def now_ms() -> int:
 def build_app(settings: Settings) -> web.Application:
     """Build the application; nothing is connected until the app starts."""
     app = web.Application(
-        middlewares=[http.error_middleware, static.security_headers],
+        # The request id first: lines the other middlewares log carry it too.
+        middlewares=[
+            request_id.request_id_middleware,
+            http.error_middleware,
+            static.security_headers,
+        ],
         client_max_size=1024**2,
         handler_args={"max_field_size": 16384},
     )
@@ -164,6 +169,7 @@ def build_app(settings: Settings) -> web.Application:
     app[PUSH] = push
     ready_checks: dict[str, ReadyCheck] = {"media": blobs.ping}
     app[READY_CHECKS] = ready_checks
+    app.on_response_prepare.append(request_id.echo_request_id)
 
     http.add_routes(app)
     media_http.add_routes(app)

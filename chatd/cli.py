@@ -66,15 +66,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logging(settings: Settings) -> None:
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    if settings.log_format == "json":
-        from chatd.logs import JsonFormatter
+    from chatd.logs import make_handler
 
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    # On the root logger's handler, so that aiohttp's records get the request ids too.
+    logging.basicConfig(level=level, handlers=[make_handler(settings.log_format)])
 
 
 def _run_loop(main: Callable[[], Coroutine[Any, Any, Any]], use_uvloop: bool) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from chatd import ids
+from chatd import ids, logs
 from chatd.config import Settings
 from chatd.errors import ChatError
 from chatd.models import Session
@@ -68,11 +68,16 @@ SLOW_CONSUMER_CLOSE = close_frame(CLOSE_TRY_AGAIN_LATER, "slow consumer")
 HEARTBEAT_CLOSE = close_frame(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
 
+def new_connection_id() -> str:
+    return ids.new_token()[:16]
+
+
 class Connection:
     """One authenticated socket. ``send_*`` never block and never raise."""
 
     __slots__ = (
         "__weakref__",
+        "close_code",
         "closing",
         "coalescer",
         "gone",
@@ -99,6 +104,7 @@ class Connection:
         settings: Settings,
         session: Session,
         coalescer: WriteCoalescer,
+        conn_id: str | None = None,
     ) -> None:
         self.ws = ws
         self.coalescer = coalescer
@@ -111,9 +117,12 @@ class Connection:
         self.session = session
         self.user = session.user
         self.token_hash = session.token_hash
-        self.id = ids.new_token()[:16]
+        self.id = conn_id or new_connection_id()
         self.transport = request.transport
         self.closing = False
+        # Set when chatd closes the socket itself; for the log line when it is gone (aiohttp
+        # only knows the code when the close went through ws.close).
+        self.close_code: int | None = None
         # Pings sent since the client's last frame (heartbeat.py); the reader sets it to 0.
         self.unanswered = 0
         self.heartbeat_slice = 0
@@ -165,20 +174,26 @@ class Connection:
         """The client stopped reading: close with 1013 after what it already has."""
         if self.closing:
             return
-        log.info("closing slow consumer %s of %s (1013)", self.id, self.user)
+        # Named explicitly: this runs in whichever task sent to the socket, not in its own.
+        log.info("closing slow consumer %s of %s (1013)", self.id, self.user, extra=self._ids())
         self._close_now(SLOW_CONSUMER_CLOSE)
 
     def expire(self) -> None:
         """The client missed two pongs in a row: close with 4408."""
         if self.closing:
             return
-        log.debug("closing silent socket %s of %s (4408)", self.id, self.user)
+        log.debug("closing silent socket %s of %s (4408)", self.id, self.user, extra=self._ids())
         self._close_now(HEARTBEAT_CLOSE)
+
+    def _ids(self) -> dict[str, str]:
+        """The log fields of this socket, for lines written outside its task."""
+        return {"conn": self.id, "user": self.user}
 
     def _close_now(self, frame: bytes) -> None:
         """Write the close frame after what is already buffered and close, without waiting
         for the client's answer: it is not reading, or not there."""
         self.closing = True
+        self.close_code = int.from_bytes(frame[2:4], "big")
         self.pending = []
         self.pending_bytes = 0
         transport = self.transport
@@ -207,6 +222,7 @@ class Connection:
             return
         self.flush()  # frames already queued go before the close frame
         self.closing = True
+        self.close_code = code
         task = asyncio.get_running_loop().create_task(
             self.ws.close(code=code, message=reason.encode())
         )
@@ -277,11 +293,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             pass
     metrics = app[METRICS]
     metrics.ws_opened += 1
+    conn_id = new_connection_id()
     try:
-        hello = await _hello(request, ws, settings, header_token)
-        if hello is None:
-            return ws
-        await _serve(request, ws, settings, *hello)
+        # Everything logged for this socket, by this task and the request tasks it makes,
+        # names it (and its user once known).
+        with logs.bind(conn=conn_id):
+            hello = await _hello(request, ws, settings, header_token)
+            if hello is None:
+                log.debug("socket closed before authentication (%s)", ws.close_code)
+                return ws
+            session, hello_id = hello
+            with logs.bind(user=session.user):
+                await _serve(request, ws, settings, session, hello_id, conn_id)
     finally:
         metrics.ws_closed += 1
     return ws
@@ -381,12 +404,15 @@ async def _serve(
     settings: Settings,
     session: Session,
     hello_id: str | None,
+    conn_id: str,
 ) -> None:
     app = request.app
     router = app[ROUTER]
     presence = app[PRESENCE]
     heartbeat = app[HEARTBEAT]
-    conn = Connection(ws, request, settings, session, app[COALESCER])
+    conn = Connection(ws, request, settings, session, app[COALESCER], conn_id)
+    opened = time.monotonic()
+    log.info("socket authenticated (device %r)", session.device)
 
     def gone() -> None:
         router.remove(conn)
@@ -431,6 +457,8 @@ async def _serve(
     finally:
         conn.leave()
         await dispatch.drain()
+        code = conn.close_code or ws.close_code
+        log.info("socket closed with code %s after %.1f s", code or "-", time.monotonic() - opened)
 
 
 async def recheck_sessions(app: web.Application) -> None:
