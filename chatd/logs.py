@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 #: Record attributes the context fills, in the order the text format shows them.
 FIELDS = ("request_id", "conn", "user")
@@ -90,6 +91,23 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class BadRequestFilter(logging.Filter):
+    """aiohttp logs every malformed HTTP request (a header over 16 KiB, a control character
+    in a header) at ERROR with a traceback that quotes the offending bytes, which may hold a
+    token, and anyone can fill a log that way. Such a record becomes one WARNING line naming
+    the error's kind and status, without the bytes; the client has its 400 already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed HTTP request: %s (%s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def render_context(record: logging.LogRecord) -> str:
     """``req=... conn=... user=...`` with the fields the record has, ``-`` if none."""
     parts = [
@@ -135,4 +153,5 @@ def make_handler(log_format: str, stream: IO[str] | None = None) -> logging.Hand
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(BadRequestFilter())
     return handler

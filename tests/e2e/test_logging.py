@@ -239,6 +239,29 @@ async def test_a_sane_request_id_is_echoed_on_errors_too(logged: ChatdServer) ->
     assert (status, echoed) == (404, "trace-404")
 
 
+async def test_a_malformed_request_is_one_warning_without_its_bytes(logged: ChatdServer) -> None:
+    """aiohttp would log it at ERROR with a traceback quoting the header, a token perhaps."""
+    marker = "secret" + uuid.uuid4().hex
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(logged.host, logged.port), 5)
+    try:
+        writer.write(
+            f"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {marker}"
+            f"{'a' * 20_000}\r\n\r\n".encode()
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"400", status_line
+    found = await wait_for_record(
+        logged,
+        lambda r: r["message"] == "malformed HTTP request: LineTooLong (400)",
+        "about the malformed request",
+    )
+    assert found["level"] == "warning" and found["logger"] == "aiohttp.server", found
+    text = "\n".join(raw_lines(logged))
+    assert marker not in text and "Traceback" not in text
+
+
 async def test_every_line_has_the_context_field(logged: ChatdServer) -> None:
     lines = raw_lines(logged)
     log_format = str(logged.flags["log_format"])
