@@ -28,6 +28,7 @@ from chatd.presence import PresenceTracker
 from chatd.push import open_push
 from chatd.push.dispatcher import PushDispatcher
 from chatd.routing import open_bus
+from chatd.routing.redis import RedisBus
 from chatd.routing.router import Router
 from chatd.service.accounts import AccountService
 from chatd.service.chat import ChatService
@@ -150,6 +151,8 @@ def build_app(settings: Settings) -> web.Application:
     metrics.counters["chatd_deliveries_requested_total"] = lambda: events.deliveries_requested
     metrics.counters["chatd_bus_publishes_total"] = lambda: router.publishes
     metrics.counters["chatd_bus_dropped_total"] = lambda: router.dropped
+    if isinstance(bus, RedisBus):  # what Redis itself failed to take, a publish at a time
+        metrics.counters["chatd_bus_redis_lost_total"] = lambda: bus.dropped
 
     app[SETTINGS] = settings
     app[SERVER_ID] = server_id

@@ -49,6 +49,14 @@ def current() -> LogContext:
     return _context.get()
 
 
+def name_user(user: str) -> None:
+    """Name the authenticated user for the rest of the current request: the request's
+    middleware (``bind``) restores the context when the request ends."""
+    now = _context.get()
+    if now.user != user:
+        _context.set(LogContext(now.request_id, now.conn, user))
+
+
 @contextlib.contextmanager
 def bind(
     *, request_id: str | None = None, conn: str | None = None, user: str | None = None

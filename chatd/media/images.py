@@ -193,7 +193,8 @@ def make_thumbnail(
         SyntaxError,  # Pillow raises it for some malformed headers
         EOFError,
     ) as exc:
-        raise ImageRejected(f"not a usable image: {exc}")
+        # The class, not the text: Pillow's text names the file object it was given.
+        raise ImageRejected(f"not a usable image ({type(exc).__name__})") from exc
 
 
 def _has_alpha(im: Image.Image) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from chatd import logs
 from chatd.errors import Unauthorized
 from chatd.models import Session
 from chatd.transport.keys import ACCOUNTS
@@ -29,4 +30,5 @@ async def authenticate(request: web.Request) -> Session:
         raise Unauthorized("missing bearer token")
     session = await request.app[ACCOUNTS].authenticate(token)
     request[SESSION_KEY] = session
+    logs.name_user(session.user)
     return session

@@ -58,6 +58,7 @@ async def test_a_message_to_another_process_is_one_timed_lookup_and_publish(
     assert publish_seconds > 0
     # each publish the router counts is one it timed
     assert publishes == counter(text, "chatd_bus_publishes_total")
+    assert counter(text, "chatd_bus_redis_lost_total") == 0  # Redis took every one
 
     seq = (await sender.send("again", conv=conv))["seq"]
     await receiver.message(conv, seq=seq)

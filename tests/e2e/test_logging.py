@@ -181,7 +181,8 @@ async def test_an_http_requests_lines_carry_the_id_it_echoes(
         logged, lambda r: media_id in r["message"], f"about media {media_id}"
     )
     assert "no thumbnail" in line["message"] and line.get("request_id") == supplied, line
-    assert "conn" not in line, line
+    assert "conn" not in line and line.get("user") == alice.name, line
+    assert "SpooledTemporaryFile" not in line["message"], line
 
     media_id, generated = await upload(h, alice, {})
     assert GENERATED_ID.fullmatch(generated), generated
