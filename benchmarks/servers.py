@@ -30,6 +30,7 @@ CHATD_BENCH_ENV = {
     "CHATD_MESSAGES_PER_SECOND": "1000000",
     "CHATD_MESSAGE_BURST": "1000000",
     "CHATD_MAX_CONNECTIONS_PER_USER": "1000",
+    "CHATD_REGISTRATIONS_PER_HOUR": "1000000",  # --provision http registers every user
     "CHATD_LOG_LEVEL": "warning",
 }
 

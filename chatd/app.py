@@ -132,6 +132,7 @@ def build_app(settings: Settings) -> web.Application:
         session_ttl_days=settings.session_ttl_days,
         login_attempts_per_minute=settings.login_attempts_per_minute,
         login_slowdown_seconds=settings.login_slowdown_seconds,
+        registrations_per_hour=settings.registrations_per_hour,
         events=events,
     )
     media = MediaService(

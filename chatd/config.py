@@ -53,6 +53,7 @@ class Settings:
     revocation_poll_seconds: float = 2.0
     login_attempts_per_minute: int = 10
     login_slowdown_seconds: float = 1.0
+    registrations_per_hour: int = 60
     # Push
     push_previews: bool = True
     push_coalesce_seconds: float = 10.0
@@ -105,6 +106,7 @@ SECURITY_SETTINGS: tuple[str, ...] = (
     "revocation_poll_seconds",
     "login_attempts_per_minute",
     "login_slowdown_seconds",
+    "registrations_per_hour",
     "max_upload_bytes",
     "uploads_per_hour",
     "push_allow_private_hosts",
@@ -189,6 +191,7 @@ def validate(settings: Settings) -> None:
         "max_connections_per_user",
         "message_burst",
         "uploads_per_hour",
+        "registrations_per_hour",
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
@@ -242,6 +245,8 @@ _HELP: dict[str, str] = {
     "login_attempts_per_minute": "failed logins per username and per address per minute",
     "login_slowdown_seconds": "once a username has spent half of its failed-login allowance, "
     "each further failure for it is answered this much later (0: never)",
+    "registrations_per_hour": "accounts registered over HTTP per client address per hour "
+    "(a burst of as many, refilled evenly); chatd user add is not limited",
     "push_previews": "include a message preview in push notifications",
     "push_coalesce_seconds": "fold a user's pushes for one conversation within this window",
     "push_allow_private_hosts": "allow push endpoints on private or loopback addresses",

@@ -58,6 +58,7 @@ class AccountService:
         session_ttl_days: float = 30.0,
         login_attempts_per_minute: int = 10,
         login_slowdown_seconds: float = 1.0,
+        registrations_per_hour: int = 60,
         events: EventSink | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -73,6 +74,9 @@ class AccountService:
         self._login_by_name = KeyedLimiter(rate, login_attempts_per_minute)
         self._login_by_addr = KeyedLimiter(rate * 5, login_attempts_per_minute * 5)
         self.login_slowdown_seconds = login_slowdown_seconds
+        self._register_by_addr = KeyedLimiter(
+            registrations_per_hour / 3600.0, registrations_per_hour
+        )
         self._sleep = sleep
 
     async def _hash(self, password: str) -> str:
@@ -88,12 +92,18 @@ class AccountService:
         return await asyncio.to_thread(verify)
 
     async def register(
-        self, username: object, password: object, *, by_operator: bool = False
+        self, username: object, password: object, *, by_operator: bool = False, address: str = ""
     ) -> User:
         if not self.registration_open and not by_operator:
             raise Forbidden("registration is closed on this server")
         name = normalize_username(username)
         secret = check_password(password)
+        if not by_operator:
+            # Every well-formed attempt spends a token, a taken name too: the limit holds back
+            # account spam and probing for names alike.
+            wait = self._register_by_addr.take(address, self.clock())
+            if wait > 0:
+                raise RateLimited("too many registrations; try again later", retry_after=wait)
         if await self.store.get_user(name) is not None:
             raise Conflict("that username is taken")
         return await self.store.create_user(name, await self._hash(secret), self.clock())

@@ -98,7 +98,9 @@ def _client_address(request: web.Request) -> str:
 
 async def create_user(request: web.Request) -> web.Response:
     body = await read_json(request)
-    user = await request.app[ACCOUNTS].register(body.get("username"), body.get("password"))
+    user = await request.app[ACCOUNTS].register(
+        body.get("username"), body.get("password"), address=_client_address(request)
+    )
     return json_response({"user": user.username, "created_at": user.created_at}, 201)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import Harness, Ws
-from tests.e2e.server import PYTHON, REPO, ChatdServer, ServerFactory, clean_env
+from tests.e2e.server import PYTHON, REPO, ChatdServer, ServerFactory, clean_env, run_cli
 
 # ---------------------------------------------------------------------------------------------
 # Send rate: a flooding user gets rate_limited + retry_after for every request over the limit,
@@ -272,6 +272,27 @@ async def test_failed_logins_slow_down_then_are_limited_per_username_and_per_add
     assert 20 <= failures <= 20 + refilled + 1, (failures, refilled)
     assert_throttled(await login(h, "nobody_fresh", "guess"), "a fresh name, address spent")
     assert_throttled(await login(h, bystander.name, bystander.password), "right, address spent")
+
+
+async def test_registrations_are_limited_per_address(
+    server_factory: ServerFactory, harness: Callable[[ChatdServer], Harness]
+) -> None:
+    """``--registrations-per-hour 3``: three accounts from one address, then 429 with
+    ``Retry-After``; ``chatd user add`` is not limited."""
+    h = harness(server_factory(registrations_per_hour=3))
+    for i in range(3):
+        status, body = await h.register(f"newcomer{i}")
+        assert status == 201, (i, status, body)
+    async with asyncio.timeout(10):
+        async with h.session.post(
+            h.base + "/api/v1/users", json={"username": "spammer", "password": "x" * 12}
+        ) as resp:
+            answer = (resp.status, await resp.json(), resp.headers.get("Retry-After"))
+    assert_throttled(answer, "the 4th registration")
+    result = run_cli(
+        "user", "add", "operator_made", "--data-dir", str(h.server.data_dir), stdin="a-password\n"
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

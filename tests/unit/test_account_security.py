@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chatd.errors import RateLimited, Unauthorized
+from chatd.errors import BadRequest, Conflict, RateLimited, Unauthorized
 from chatd.service.accounts import DAY_MS, AccountService
 from chatd.store import Store, open_store
 
@@ -114,3 +114,23 @@ async def test_no_slow_down_when_it_is_set_to_zero(store: Store) -> None:
         with pytest.raises(Unauthorized):
             await accounts.login("alice", f"guess {attempt}")
     assert waits == []
+
+
+async def test_registrations_are_limited_per_address(store: Store) -> None:
+    """3 an hour: the 4th well-formed attempt from one address is 429 (a taken name spends a
+    token too); another address, and the operator's `chatd user add`, are not limited."""
+    clock = Clock()
+    accounts = AccountService(store, clock, registrations_per_hour=3)
+    await accounts.register("alice", "correct horse", address="10.0.0.1")
+    await accounts.register("bob", "correct horse", address="10.0.0.1")
+    with pytest.raises(Conflict):
+        await accounts.register("alice", "correct horse", address="10.0.0.1")
+    with pytest.raises(RateLimited) as refused:
+        await accounts.register("carol", "correct horse", address="10.0.0.1")
+    assert 0 < refused.value.retry_after <= 1200  # one token back every 20 minutes
+    with pytest.raises(BadRequest):  # malformed input is refused before the limit
+        await accounts.register("no spaces allowed", "correct horse", address="10.0.0.1")
+    await accounts.register("carol", "correct horse", address="10.0.0.2")
+    await accounts.register("dave", "correct horse", by_operator=True)
+    clock.now += 20 * 60 * 1000  # a token refilled
+    await accounts.register("erin", "correct horse", address="10.0.0.1")
