@@ -171,7 +171,8 @@ async def test_typing_over_the_limit_is_dropped_silently(h: Harness) -> None:
         await a.send_frame({"type": "typing", "conv": conv, "state": "start" if i % 2 else "stop"})
     elapsed = time.monotonic() - started
     relayed = await settled_count(b, "typing")
-    assert 1 <= relayed <= 4 + 2 * elapsed + 1, (relayed, elapsed)
+    # The burst of 4 always goes through; after it, 2 a second of the time the frames took.
+    assert 4 <= relayed <= 4 + 2 * elapsed + 1, (relayed, elapsed)
     assert not a.orphans, f"dropped typing frames were answered with errors: {a.orphans}"
     replies = [await a.request("typing", conv=conv, state="start") for _ in range(10)]
     assert all(r["type"] == "ok" and set(r) == {"type", "id"} for r in replies), replies
