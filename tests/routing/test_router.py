@@ -35,6 +35,14 @@ class Socket:
         self.revoked += 1
 
 
+async def connected_at(router: Router, user: str) -> Socket:
+    """A socket of ``user`` held by ``router``'s server, registered on the bus."""
+    sock = Socket(user)
+    router.add(sock)
+    await router.bus.attach(user)
+    return sock
+
+
 @pytest.fixture
 async def routers(redis_base: str, prefix: str) -> AsyncIterator[tuple[Router, Router]]:
     url = redis_bus_url(redis_base, prefix)
@@ -75,9 +83,7 @@ async def test_one_event_is_one_publish_to_each_server_holding_a_recipient(
     routers: tuple[Router, Router],
 ) -> None:
     a, b = routers
-    sock = Socket("u1")
-    b.add(sock)
-    await b.bus.attach("u1")
+    sock = await connected_at(b, "u1")
     a.deliver(["u1"], b'{"n":1}')
     await eventually(lambda: len(sock.wires) == 1, 10, "the event arrived")
     a.deliver(["only-local"], b'{"n":2}')
@@ -88,9 +94,7 @@ async def test_one_event_is_one_publish_to_each_server_holding_a_recipient(
 
 async def test_every_lookup_and_publish_is_timed(routers: tuple[Router, Router]) -> None:
     a, b = routers
-    sock = Socket("u1")
-    b.add(sock)
-    await b.bus.attach("u1")
+    sock = await connected_at(b, "u1")
     a.deliver(["u1"], b'{"n":1}')
     await eventually(lambda: len(sock.wires) == 1, 10, "the event arrived")
     await eventually(lambda: a.publish_seconds.total == 1, 10, "the publish was timed")
